@@ -13,7 +13,8 @@ from typing import Any, Literal, Union, get_args, get_origin, get_type_hints
 
 # %% auto #0
 __all__ = ['SCALES', 'seed_everything', 'atomic_write_text', 'atomic_write_json', 'git_state', 'device_info', 'env_info',
-           'make_claim', 'MetricsError', 'validate_metrics', 'RunDir', 'ConfigError', 'StageConfig', 'stage_main']
+           'make_claim', 'bootstrap_ci', 'MetricsError', 'validate_metrics', 'RunDir', 'ConfigError', 'StageConfig',
+           'stage_main']
 
 # %% ../nbs/00_core.ipynb #0b77d04c
 import numpy as np
@@ -119,6 +120,21 @@ def make_claim(id: str,  # stable id, e.g. "dlma-beats-sft"
     return {"id": id, "statement": statement, "value": None if value is None else float(value),
             "ci95": None if ci95 is None else [float(ci95[0]), float(ci95[1])],
             "threshold": float(threshold), "holds": bool(holds)}
+
+# %% ../nbs/00_core.ipynb #3b37ff2b
+def bootstrap_ci(values,  # per-example outcomes (e.g. 1 win, 0.5 tie, 0 loss)
+                 stat: typing.Callable = np.mean,  # statistic of a resample
+                 n_boot: int = 2000,  # bootstrap resamples
+                 level: float = 0.95,  # confidence level
+                 seed: int = 0,  # resampling seed
+                ) -> tuple[float, float]:
+    "Percentile-bootstrap confidence interval of `stat(values)`."
+    v = np.asarray(values, dtype=float)
+    if v.size == 0: return (float("nan"), float("nan"))
+    idx = np.random.default_rng(seed).integers(0, v.size, size=(n_boot, v.size))
+    stats = np.array([stat(v[i]) for i in idx])
+    a = (1 - level) / 2
+    return float(np.quantile(stats, a)), float(np.quantile(stats, 1 - a))
 
 # %% ../nbs/00_core.ipynb #458f138b
 class MetricsError(ValueError):

@@ -1,0 +1,196 @@
+"""The `selfalign` command: run paper reproductions with papermill.
+
+    selfalign reproduce <paper|all> --scale tiny|small|paper --out DIR [-c CONFIG] [-f params.yaml ...] [-p NAME VALUE ...]
+
+A paper is a folder `papers/<paper>/` holding a parameterised notebook (`reproduce.ipynb` unless a config names
+another) and `configs/<artefact>.yaml`, one file per paper artefact (`table2.yaml`, `fig3.yaml`). Each config is run
+into `DIR/<paper>/<artefact>/`, which receives the executed notebook and everything the notebook writes there
+(`config.json`, `env.json`, `metrics.json`, figures). Parameters are layered, later wins: the notebook's defaults,
+the config file, its `by_scale:` section for the chosen scale, each `-f` file in order, then each `-p`.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import yaml
+
+RESERVED = {"notebook", "by_scale", "description"}  # config keys that are not notebook parameters
+SCALES = ("tiny", "small", "paper")
+
+
+class ReproduceError(Exception):
+    "A problem with the command line, a paper folder or a config file, reported without a traceback."
+
+
+def papers_dir() -> Path:
+    "Where paper folders live: `$SELFALIGN_PAPERS`, else the repository's `papers/`."
+    env = os.environ.get("SELFALIGN_PAPERS")
+    return Path(env) if env else Path(__file__).resolve().parent.parent / "papers"
+
+
+def list_papers(root: Path) -> list[str]:
+    "Paper folders under `root` (those starting with `_` are templates)."
+    if not root.is_dir(): return []
+    return sorted(p.name for p in root.iterdir() if p.is_dir() and (p / "configs").is_dir())
+
+
+def _load_yaml(path: Path) -> dict:
+    try: data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except FileNotFoundError: raise ReproduceError(f"{path}: no such file") from None
+    except UnicodeDecodeError as e: raise ReproduceError(f"{path}: not UTF-8 text ({e.reason})") from None
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f"{path}:{mark.line + 1}" if mark else str(path)
+        raise ReproduceError(f"{where}: invalid YAML ({getattr(e, 'problem', e)})") from None
+    if data is None: return {}
+    if not isinstance(data, dict): raise ReproduceError(f"{path}: expected a mapping of parameter names to values")
+    return data
+
+
+def _parse_value(text: str):
+    "A `-p` value read as a YAML scalar: `0.3` → float, `true` → bool, `[1, 2]` → list, else the string."
+    try: return yaml.safe_load(text)
+    except yaml.YAMLError: return text
+
+
+@dataclass
+class Job:
+    "One notebook run: a paper's config at one scale."
+    paper: str
+    config: str
+    notebook: Path
+    out_dir: Path
+    parameters: dict = field(default_factory=dict)
+
+
+_TYPES = {"int": (int,), "float": (int, float), "str": (str,), "bool": (bool,), "list": (list,), "dict": (dict,)}
+
+
+def _check_parameters(notebook: Path, params: dict, where: str) -> None:
+    "Reject names the notebook does not declare and values of the wrong type, before anything runs."
+    import papermill as pm
+    declared = pm.inspect_notebook(str(notebook))
+    unknown = sorted(set(params) - set(declared))
+    if unknown:
+        raise ReproduceError(f"{where}: unknown parameter(s) {unknown} for {notebook}; it declares: {sorted(declared)}")
+    for k, v in params.items():
+        tname = (declared[k].get("inferred_type_name") or "").replace("None", "").strip(" |")
+        ok = _TYPES.get(tname)
+        if ok and v is not None and (not isinstance(v, ok) or (tname != "bool" and isinstance(v, bool))):
+            raise ReproduceError(f"{where}: parameter '{k}' should be {tname}, got {v!r}")
+
+
+def plan(paper: str, scale: str, out: Path, configs: list[str] | None = None, files: list[Path] = (),
+         overrides: dict | None = None, root: Path | None = None) -> list[Job]:
+    "The notebook runs that `selfalign reproduce` would make, with parameters resolved and checked."
+    root = root or papers_dir()
+    available = list_papers(root)
+    if paper == "all":
+        papers = [p for p in available if not p.startswith("_")] or [p for p in available if p == "_template"]
+    elif paper in available: papers = [paper]
+    else: raise ReproduceError(f"unknown paper {paper!r}; available: {', '.join(available) or '(none)'} (in {root})")
+    extra = {}
+    for f in files: extra.update(_load_yaml(Path(f)))
+    extra.update(overrides or {})
+    jobs = []
+    for name in papers:
+        cfg_dir = root / name / "configs"
+        found = {p.stem: p for p in sorted(cfg_dir.glob("*.yaml"))}
+        wanted = configs or sorted(found)
+        missing = [c for c in wanted if c not in found]
+        if missing and paper != "all":
+            raise ReproduceError(f"{name}: no config(s) {missing}; available: {sorted(found)}")
+        for c in (c for c in wanted if c in found):
+            data = _load_yaml(found[c])
+            nb = root / name / data.get("notebook", "reproduce.ipynb")
+            if not nb.exists(): raise ReproduceError(f"{found[c]}: notebook {nb.name} not found in {nb.parent}")
+            by_scale = data.get("by_scale") or {}
+            if not isinstance(by_scale, dict) or not all(isinstance(v, dict) for v in by_scale.values()):
+                raise ReproduceError(f"{found[c]}: 'by_scale' must map a scale name to parameters")
+            params = {k: v for k, v in data.items() if k not in RESERVED}
+            params.update(by_scale.get(scale) or {})
+            params.update(extra)
+            run_dir = out / name / c
+            params.update(scale=scale, config=c, out_dir=str(run_dir.resolve()))
+            _check_parameters(nb, params, str(found[c]))
+            jobs.append(Job(name, c, nb, run_dir, params))
+    if not jobs: raise ReproduceError(f"nothing to run for {paper!r} with configs {configs}")
+    return jobs
+
+
+def run_job(job: Job, kernel: str | None = None, progress: bool = False) -> tuple[bool, float, str]:
+    "Execute one job with papermill; return (succeeded, seconds, error text)."
+    import papermill as pm
+    job.out_dir.mkdir(parents=True, exist_ok=True)
+    t0 = time.perf_counter()
+    try:
+        pm.execute_notebook(str(job.notebook), str(job.out_dir / job.notebook.name), parameters=job.parameters,
+                            kernel_name=kernel, cwd=str(job.notebook.parent), progress_bar=progress,
+                            request_save_on_cell_execute=True)
+        return True, time.perf_counter() - t0, ""
+    except pm.PapermillExecutionError as e:
+        return False, time.perf_counter() - t0, f"{e.ename}: {e.evalue}"
+    except Exception as e:  # kernel died, notebook unreadable, ...
+        return False, time.perf_counter() - t0, f"{type(e).__name__}: {e}"
+
+
+def reproduce(args) -> int:
+    overrides = {k: _parse_value(v) for k, v in (args.param or [])}
+    jobs = plan(args.paper, args.scale, Path(args.out), args.config, [Path(f) for f in args.file or []], overrides)
+    tty = sys.stderr.isatty()
+    failed = []
+    for i, job in enumerate(jobs, 1):
+        label = f"[{i}/{len(jobs)}] {job.paper}/{job.config} ({args.scale})"
+        if tty: print(f"{label} running …", file=sys.stderr, flush=True)
+        ok, secs, err = run_job(job, kernel=args.kernel, progress=tty)
+        status = "ok" if ok else "FAILED"
+        print(f"{label} {status} in {secs:.1f}s → {job.out_dir}", file=sys.stderr, flush=True)
+        if not ok:
+            failed.append(job)
+            print(f"    {err.splitlines()[0] if err else ''}\n    executed copy kept: {job.out_dir / job.notebook.name}",
+                  file=sys.stderr)
+    print(f"outputs: {Path(args.out).resolve()}")
+    if failed:
+        print(f"{len(failed)} of {len(jobs)} notebook(s) failed: " + ", ".join(f"{j.paper}/{j.config}" for j in failed),
+              file=sys.stderr)
+        return 1
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(prog="selfalign", description="Reproduce LLM self-alignment papers: DPO, DLMA, "
+                                 "ALMoST, Self-Contrast and SALMON, at the tiny, small or paper scale.")
+    from . import __version__
+    ap.add_argument("--version", action="version", version=f"selfalign {__version__}")
+    sub = ap.add_subparsers(dest="command", required=True)
+    r = sub.add_parser("reproduce", help="run a paper's reproduction notebooks with papermill",
+                       description="Run papers/<paper>/ notebooks into OUT/<paper>/<config>/.")
+    r.add_argument("paper", help="a paper folder name, or 'all'")
+    r.add_argument("--scale", choices=SCALES, default="tiny", help="tiny (CPU minutes), small (SmolLM2), paper")
+    r.add_argument("--out", default="runs", help="output folder (default: runs)")
+    r.add_argument("-c", "--config", action="append", help="run only this config (repeatable; default: all)")
+    r.add_argument("-f", "--file", action="append", help="YAML file of parameters (repeatable, later wins)")
+    r.add_argument("-p", "--param", nargs=2, action="append", metavar=("NAME", "VALUE"),
+                   help="set one parameter (repeatable; VALUE read as YAML)")
+    r.add_argument("--kernel", default=None, help="Jupyter kernel (default: the notebook's)")
+    r.set_defaults(func=reproduce)
+    return ap
+
+
+def main(argv: list[str] | None = None) -> int:
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+    args = build_parser().parse_args(argv)
+    try: return args.func(args)
+    except ReproduceError as e:
+        print(f"selfalign: error: {e}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())
