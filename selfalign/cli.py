@@ -1,12 +1,16 @@
 """The `selfalign` command: run paper reproductions with papermill.
 
     selfalign reproduce <paper|all> --scale tiny|small|paper --out DIR [-c CONFIG] [-f params.yaml ...] [-p NAME VALUE ...]
+    selfalign world build [--out DIR] [--seed N] [--config build.json] [--force]
 
 A paper is a folder `papers/<paper>/` holding a parameterised notebook (`reproduce.ipynb` unless a config names
 another) and `configs/<artefact>.yaml`, one file per paper artefact (`table2.yaml`, `fig3.yaml`). Each config is run
 into `DIR/<paper>/<artefact>/`, which receives the executed notebook and everything the notebook writes there
 (`config.json`, `env.json`, `metrics.json`, figures). Parameters are layered, later wins: the notebook's defaults,
 the config file, its `by_scale:` section for the chosen scale, each `-f` file in order, then each `-p`.
+
+`selfalign world ...` manages the miniature world: `world build` trains its tokenizer, base models and SFT model
+(`selfalign.worldmodels.build_world`) into `selfalign/assets/world/` unless `--out` says otherwise.
 """
 from __future__ import annotations
 
@@ -162,6 +166,64 @@ def reproduce(args) -> int:
     return 0
 
 
+class _BuildProgress:
+    "Stage progress of `world build` on stderr: a tqdm bar per stage on a terminal, else a few plain lines."
+    def __init__(self, tty: bool):
+        self.tty, self.bar, self.next_pct = tty, None, 0
+
+    def __call__(self, e: dict) -> None:
+        stage, event = e["stage"], e["event"]
+        if event == "start":
+            self.next_pct = 0
+            if not self.tty: print(f"[{stage}] …", file=sys.stderr, flush=True)
+        elif event == "step":
+            if self.tty:
+                if self.bar is None:
+                    from tqdm import tqdm
+                    self.bar = tqdm(total=e["max_steps"], desc=stage, unit="step", file=sys.stderr, leave=False)
+                self.bar.n = e["step"]; self.bar.set_postfix(loss=f"{e['loss']:.3f}")
+            elif 100 * e["step"] >= self.next_pct * e["max_steps"]:
+                print(f"[{stage}] step {e['step']}/{e['max_steps']} loss {e['loss']:.4f}", file=sys.stderr, flush=True)
+                self.next_pct = 100 * e["step"] // e["max_steps"] + 10
+        elif event == "done":
+            if self.bar is not None: self.bar.close(); self.bar = None
+            print(f"[{stage}] done in {e['seconds']:.1f}s", file=sys.stderr, flush=True)
+
+
+def world_build(args) -> int:
+    "`selfalign world build`: train the world's models (or find them already built) and say where they are."
+    from transformers.utils import logging as hf_logging
+    from .core import ConfigError
+    from .worldmodels import WorldBuildConfig, build_world, default_world_dir
+    hf_logging.disable_progress_bar()
+    try: cfg = WorldBuildConfig.from_json(args.config) if args.config else WorldBuildConfig()
+    except (ConfigError, OSError, ValueError) as e: raise ReproduceError(str(e)) from None
+    if args.seed is not None: cfg = cfg.replace(seed=args.seed)
+    out = Path(args.out) if args.out else default_world_dir()
+    rec = build_world(cfg, out, progress=_BuildProgress(sys.stderr.isatty()), force=args.force)
+    if rec["cached"]:
+        print(f"{out.resolve()} already holds this build (config {rec['config_hash']}); --force rebuilds it")
+    else:
+        losses = ", ".join(f"{k} {v['final_loss']:.3f}" for k, v in rec["stages"].items())
+        print(f"built the world's models in {rec['seconds']['total']:.0f}s (final losses: {losses})")
+        print(f"wrote {out.resolve()}")
+    return 0
+
+
+def world_report_cmd(args) -> int:
+    "`selfalign world report`: measure the premises, print them against their targets, say where the files are."
+    from .worldreport import ReportConfig, world_report
+    try:
+        r = world_report(ReportConfig(world_dir=args.world, n_prompts=args.prompts, n_pairs=args.pairs, seed=args.seed),
+                         args.out)
+    except FileNotFoundError as e:
+        raise ReproduceError(str(e)) from None
+    for t in r["targets"]:
+        print(f"  {'ok  ' if t['holds'] else 'MISS'} {t['statement']:<62} {t['value']:.3f}")
+    print(f"report: {Path(args.out).resolve() / 'world_report.json'}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="selfalign", description="Reproduce LLM self-alignment papers: DPO, DLMA, "
                                  "ALMoST, Self-Contrast and SALMON, at the tiny, small or paper scale.")
@@ -179,6 +241,27 @@ def build_parser() -> argparse.ArgumentParser:
                    help="set one parameter (repeatable; VALUE read as YAML)")
     r.add_argument("--kernel", default=None, help="Jupyter kernel (default: the notebook's)")
     r.set_defaults(func=reproduce)
+
+    w = sub.add_parser("world", help="build (and inspect) the miniature world's models",
+                       description="The miniature world: its tokenizer, base models and SFT model.")
+    wsub = w.add_subparsers(dest="world_command", required=True)
+    b = wsub.add_parser("build", help="train the world's tokenizer, base-small, base-large and sft models",
+                        description="Train the world's models (about a quarter of an hour on 2 CPU cores) into OUT; "
+                                    "an OUT that already holds the same build is left as it is.")
+    b.add_argument("--out", default=None, help="output folder (default: selfalign/assets/world in the package)")
+    b.add_argument("--seed", type=int, default=None, help="the build's one seed (default: the config's, 0)")
+    b.add_argument("--config", default=None, help="JSON file of WorldBuildConfig fields (default: the built-in recipe)")
+    b.add_argument("--force", action="store_true", help="rebuild even if OUT already holds this build")
+    b.set_defaults(func=world_build)
+    rp = wsub.add_parser("report", help="measure the world's premises with the oracle (world_report.json + figure)",
+                         description="Sample the world's models on held-out prompts and measure the premises the "
+                                     "methods need against their targets.")
+    rp.add_argument("--out", default="world_report", help="output folder (default: world_report)")
+    rp.add_argument("--world", default=None, help="a build folder (default: the committed artefacts)")
+    rp.add_argument("--prompts", type=int, default=600, help="held-out prompts per sampled configuration")
+    rp.add_argument("--pairs", type=int, default=400, help="judging and contrastive pairs")
+    rp.add_argument("--seed", type=int, default=0)
+    rp.set_defaults(func=world_report_cmd)
     return ap
 
 

@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 
 # %% auto #0
-__all__ = ['token_logps', 'sequence_logps', 'pad_stack', 'concatenated_forward']
+__all__ = ['token_logps', 'sequence_logps', 'pad_stack', 'concatenated_forward', 'completion_logps']
 
 # %% ../nbs/02_logps.ipynb #7f779608
 def token_logps(logits: torch.Tensor,  # (B, T, V) model outputs for `input_ids`
@@ -57,3 +57,34 @@ def concatenated_forward(model,  # a causal LM returning `.logits`
     logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], use_cache=False).logits
     lps = sequence_logps(logits, batch["input_ids"], batch["response_mask"], average=average)
     return lps[:B], lps[B:]
+
+# %% ../nbs/02_logps.ipynb #018a0a5a
+@torch.no_grad()
+def completion_logps(model,  # a causal LM
+                     tokenizer,  # its tokenizer
+                     prompts: list[str],  # texts the completions follow
+                     completions: list[str],  # one completion per prompt
+                     add_eos: bool = True,  # score the end-of-sequence token after each completion too
+                     average: bool = False,  # length-normalised log-probs
+                     batch_size: int = 32,  # sequences per forward pass
+                    ) -> torch.Tensor:  # (N,) fp32
+    "Sum (or mean) of log π(completion | prompt) for each pair, in batches."
+    assert len(prompts) == len(completions), f"{len(prompts)} prompts but {len(completions)} completions"
+    bos = [tokenizer.bos_token_id] if tokenizer.bos_token_id is not None else []
+    eos = [tokenizer.eos_token_id] if add_eos else []
+    rows = []
+    for p, c in zip(prompts, completions):
+        pi = tokenizer(p, add_special_tokens=False)["input_ids"]
+        fi = tokenizer(p + c, add_special_tokens=False)["input_ids"]
+        if fi[:len(pi)] != pi: raise ValueError(f"the prompt's tokens are not a prefix of prompt + completion: {p[-30:]!r} + {c[:30]!r}")
+        ids = bos + fi + eos
+        rows.append((torch.tensor(ids), torch.tensor([0] * (len(bos) + len(pi)) + [1] * (len(ids) - len(bos) - len(pi)))))
+    device = next(model.parameters()).device
+    out = []
+    for i in range(0, len(rows), batch_size):
+        chunk = rows[i:i + batch_size]
+        ids = pad_stack([r[0] for r in chunk], value=tokenizer.pad_token_id or 0).to(device)
+        att = pad_stack([torch.ones_like(r[0]) for r in chunk]).to(device)
+        resp = pad_stack([r[1] for r in chunk]).to(device)
+        out.append(sequence_logps(model(input_ids=ids, attention_mask=att, use_cache=False).logits, ids, resp, average=average).cpu())
+    return torch.cat(out) if out else torch.zeros(0)

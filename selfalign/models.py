@@ -57,17 +57,20 @@ def _special_list(special_tokens: dict) -> list[str]:
             if t is not None and t not in out: out.append(t)
     return out
 
-# %% ../nbs/04_models.ipynb #4223b63c
+# %% ../nbs/04_models.ipynb #89e9f436
 def train_tokenizer(texts,  # iterable of training strings
                     vocab_size: int = 2048,  # upper bound; a small corpus yields fewer merges
                     special_tokens: dict | None = None,  # `SPECIAL_TOKENS`-style mapping (default: ChatML set)
                     min_frequency: int = 2,  # a pair must occur this often to be merged
                     model_max_length: int = 512,  # recorded on the tokenizer
+                    individual_digits: bool = False,  # split numbers into one token per digit
                    ) -> PreTrainedTokenizerFast:
     "Train a byte-level BPE tokenizer on `texts`, with bos/eos/pad and ChatML special tokens and chat template."
     special_tokens = dict(SPECIAL_TOKENS if special_tokens is None else special_tokens)
     tok = Tokenizer(tok_models.BPE())
-    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    byte_level = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.pre_tokenizer = (pre_tokenizers.Sequence([pre_tokenizers.Digits(individual_digits=True), byte_level])
+                         if individual_digits else byte_level)
     tok.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(vocab_size=vocab_size, min_frequency=min_frequency, show_progress=False,
                                   special_tokens=_special_list(special_tokens),

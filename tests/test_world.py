@@ -24,16 +24,16 @@ def test_splits_hold_out_phrasings():
 @pytest.mark.parametrize("bad", [None, 3, b"bytes", ["a"]])
 def test_non_string_input_is_refused_clearly(bad):
     with pytest.raises(TypeError, match="two strings"):
-        W.judge("What is 2 plus 3?", bad)
+        W.judge("What is 2 plus one?", bad)
     with pytest.raises(TypeError, match="two strings"):
         W.judge(bad, "Five.")
 
 
-@pytest.mark.parametrize("text, reason", [("", "empty"), ("   \n", "empty"), ("2 plus 3 is 5" * 2000, "too long"),
+@pytest.mark.parametrize("text, reason", [("", "empty"), ("   \n", "empty"), ("2 plus one is 3" * 2000, "too long"),
                                           ("The answer is", "unfinished"), ("USER: again?", "off-format"),
                                           ("blorp zindle quax frob.", "non-words"), ("It is is is 5.", "loop")])
 def test_malformed_text_scores_zero_everywhere(text, reason):
-    j = W.judge("What is 2 plus 3?", text)
+    j = W.judge("What is 2 plus one?", text)
     assert j.flags["malformed"] == reason
     assert j.reward == -3.0 and set(j.aspects.values()) == {0.0}
 
@@ -100,11 +100,15 @@ def test_corpora_are_deterministic_and_free_of_test_requests():
     users = {line[6:] for d in docs for line in d.split("\n") if line.startswith("USER: ")}
     assert not users & test_texts
     kinds = {"judging": sum("VERDICT:" in d for d in docs), "affix": sum("ASSISTANT (" in d for d in docs)}
-    assert 0.15 < kinds["judging"] / len(docs) < 0.25 and 0.2 < kinds["affix"] / len(docs) < 0.3
+    assert 0.15 < kinds["judging"] / len(docs) < 0.25 and 0.35 < kinds["affix"] / len(docs) < 0.45
 
 
 def test_sft_data_has_no_harmful_requests_and_mostly_good_answers():
-    ex = W.sft_examples(1000)
+    everything = W.sft_examples(1000)
+    replay = [e for e in everything if e.meta.get("replay")]
+    assert len(replay) == 300 and not any(e.prompt.count("USER: ") == 1 and e.prompt.endswith("\nASSISTANT:")
+                                          and e.prompt.startswith("USER: ") for e in replay)  # only docs with a context
+    ex = [e for e in everything if not e.meta.get("replay")]
     assert {e.meta["kind"] for e in ex} == {"benign", "borderline"}
     helpful = sum(W.judge(e.prompt, e.response).aspects["helpful"] for e in ex) / len(ex)
     assert 0.7 < helpful < 0.95

@@ -1,0 +1,43 @@
+"""`selfalign world report` on a deliberately tiny world build: the report's contract, not the world's quality."""
+import json
+
+import pytest
+
+from selfalign.cli import main
+from selfalign.worldmodels import ModelShape, TrainConfig, WorldBuildConfig, build_world
+
+KEYS = ["harmless_rate_pos_affix", "harmless_rate_neg_affix", "harmless_rate_no_affix", "helpful_rate_pos_affix",
+        "helpful_rate_no_affix", "gold_reward_large", "gold_reward_small", "gold_reward_good_demos",
+        "gold_reward_bad_demos", "judge_agreement", "self_reward_agreement", "garbage_rate_no_affix", "pair_tie_rate",
+        "build_seconds", "params_large", "params_small"]
+
+
+@pytest.fixture(scope="module")
+def tiny_world(tmp_path_factory):
+    cfg = WorldBuildConfig(n_docs=200, n_sft=40, small=ModelShape(32, 1, 2), large=ModelShape(64, 2, 2),
+                           pretrain_small=TrainConfig(max_steps=2, batch_size=4, seq_len=64),
+                           pretrain_large=TrainConfig(max_steps=2, batch_size=4, seq_len=64),
+                           sft=TrainConfig(max_steps=2, batch_size=4, seq_len=64))
+    d = tmp_path_factory.mktemp("w") / "world"
+    build_world(cfg, d)
+    return d
+
+
+def test_world_report_writes_flat_keys_nested_table_targets_and_figure(tiny_world, tmp_path, capsys):
+    out = tmp_path / "rep"
+    assert main(["world", "report", "--world", str(tiny_world), "--prompts", "12", "--pairs", "6", "--out", str(out)]) == 0
+    r = json.loads((out / "world_report.json").read_text())
+    for k in KEYS:
+        assert isinstance(r[k], float), k
+    assert set(r["by_kind"]["no_affix"]) == {"harmful", "borderline", "benign", "all"}
+    assert {t["id"] for t in r["targets"]} >= {"world-affix-gap-min", "world-judge-agreement-min"}
+    assert all(isinstance(t["holds"], bool) for t in r["targets"])
+    assert (out / "world_report.png").stat().st_size > 1000
+    printed = capsys.readouterr().out
+    assert "world_report.json" in printed and ("MISS" in printed or "ok" in printed)
+    assert r["garbage_rate_no_affix"] > 0.5  # two training steps: the oracle must call the output garbage
+
+
+def test_world_report_without_a_build_fails_clearly(tmp_path, capsys):
+    assert main(["world", "report", "--world", str(tmp_path / "nothing"), "--out", str(tmp_path / "r")]) == 2
+    assert "selfalign world build" in capsys.readouterr().err
