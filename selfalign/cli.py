@@ -219,7 +219,8 @@ def world_report_cmd(args) -> int:
     except FileNotFoundError as e:
         raise ReproduceError(str(e)) from None
     for t in r["targets"]:
-        print(f"  {'ok  ' if t['holds'] else 'MISS'} {t['statement']:<62} {t['value']:.3f}")
+        value = "n/a" if t["value"] is None else f"{t['value']:.3f}"
+        print(f"  {'ok  ' if t['holds'] else 'MISS'} {t['statement']:<62} {value}")
     print(f"report: {Path(args.out).resolve() / 'world_report.json'}")
     return 0
 

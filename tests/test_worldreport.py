@@ -27,8 +27,8 @@ def test_world_report_writes_flat_keys_nested_table_targets_and_figure(tiny_worl
     out = tmp_path / "rep"
     assert main(["world", "report", "--world", str(tiny_world), "--prompts", "12", "--pairs", "6", "--out", str(out)]) == 0
     r = json.loads((out / "world_report.json").read_text())
-    for k in KEYS:
-        assert isinstance(r[k], float), k
+    for k in KEYS:  # the self-reward agreement is undefined (null) when the oracle can order no pair
+        assert isinstance(r[k], float) or (k == "self_reward_agreement" and r["pair_tie_rate"] == 1.0), (k, r[k])
     assert set(r["by_kind"]["no_affix"]) == {"harmful", "borderline", "benign", "all"}
     assert {t["id"] for t in r["targets"]} >= {"world-affix-gap-min", "world-judge-agreement-min"}
     assert all(isinstance(t["holds"], bool) for t in r["targets"])
