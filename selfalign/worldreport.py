@@ -14,10 +14,9 @@ from pathlib import Path
 __all__ = ['TARGETS', 'MOVABLE', 'ReportConfig', 'judge_agreement', 'contrastive_pairs', 'self_reward_margins', 'world_report',
            'report_figure']
 
-# %% ../nbs/08_worldreport.ipynb #0ad8464f
+# %% ../nbs/08_worldreport.ipynb #091300b3
 import numpy as np
-import torch
-from .core import RunDir, StageConfig, atomic_write_json, bootstrap_ci, make_claim
+from .core import RunDir, StageConfig, bootstrap_ci, make_claim
 from .generate import HFGenerator, SamplingParams
 from .logps import completion_logps
 from . import world as W
