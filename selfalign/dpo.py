@@ -13,7 +13,8 @@ from typing import Sequence
 
 # %% auto #0
 __all__ = ['DPOBandConfig', 'load_policy', 'BandPrompt', 'band_prompts', 'judge_score', 'judge_prefer', 'sampled_pairs',
-           'dataset_pairs', 'train_phases', 'evaluate_band', 'training_curves', 'dpo_claims', 'run_band']
+           'dataset_pairs', 'train_phases', 'evaluate_band', 'training_curves', 'dpo_claims', 'run_band', 'band_tables',
+           'plot_frontier', 'plot_curves']
 
 # %% ../nbs/12_dpo.ipynb #7e89b7bd
 import numpy as np
@@ -28,7 +29,7 @@ from .train import (PreferenceStageConfig, RewardStageConfig, SFTStageConfig, ph
 from . import world as W
 from .worldmodels import load_world_model
 
-# %% ../nbs/12_dpo.ipynb #520aeb82
+# %% ../nbs/12_dpo.ipynb #077d0a25
 @dataclass(frozen=True)
 class DPOBandConfig(StageConfig):
     "Everything the DPO band needs, for any scale."
@@ -47,7 +48,7 @@ class DPOBandConfig(StageConfig):
     rm_steps: int = 60  # reward-model steps
     rm_lr: float = 1e-3  # reward-model learning rate
     dpo_steps: int = 40  # DPO steps per β
-    dpo_lr: float = 3e-4  # DPO learning rate
+    dpo_lr: float = 1e-4  # DPO learning rate
     betas: tuple[float, ...] = (0.03, 0.1, 0.3, 1.0)  # β values trained (frontier points)
     main_beta: float = 0.3  # β of the seed's scripts: the one the claims are about
     batch_size: int = 16  # pairs (or examples) per step
@@ -66,8 +67,16 @@ class DPOBandConfig(StageConfig):
         if self.main_beta not in self.betas: raise ValueError(f"main_beta {self.main_beta} must be one of betas {self.betas}")
         if self.judge not in ("oracle", "proxy", "rm"): raise ValueError(f"judge must be oracle, proxy or rm, got {self.judge!r}")
         if self.judge == "oracle" and self.prompts != "world": raise ValueError("the oracle judges world prompts only")
+        if self.judge == "rm" and self.pairs == "sampled": raise ValueError("sampled pairs need a judge other than the RM they train")
 
-# %% ../nbs/12_dpo.ipynb #c2040624
+    @classmethod
+    def from_params(cls, params: dict) -> DPOBandConfig:
+        "The config from a paper notebook's parameters: other names are ignored, \"\" means None for optional fields."
+        names = {f for f in cls.__dataclass_fields__}
+        return cls.from_dict({k: (None if v == "" and k in ("pairs_files", "quantization") else v)
+                              for k, v in params.items() if k in names})
+
+# %% ../nbs/12_dpo.ipynb #2182a1c7
 def load_policy(spec: str,  # "world:<sft|base-large|base-small>", "smollm2", or a folder / hub id
                 dtype: str = "fp32",  # model dtype
                 **kwargs,  # `lora`, `quantization`, ... for `load_model`
@@ -95,7 +104,11 @@ def band_prompts(cfg: DPOBandConfig, tokenizer, n: int, split: str) -> list[Band
         rows = [r for i, r in enumerate(rows) if (i % 2 == 0) == (split == "train")][:n]
         render = lambda t: tokenizer.apply_chat_template([{"role": "user", "content": t}], tokenize=False, add_generation_prompt=True)
         return [BandPrompt(r["text"], r["kind"], render(r["text"])) for r in rows]
-    raise ValueError(f"unknown prompts {cfg.prompts!r}: 'world' or 'offline'")
+    if cfg.prompts == "hh-rlhf":  # the dataset's own prompts (its `test` split for evaluation)
+        from selfalign.corpora import load_hh_rlhf
+        pairs, _ = load_hh_rlhf(data_files=cfg.pairs_files, split=split, limit=n)
+        return [BandPrompt(p.prompt.rsplit("Human:", 1)[-1].split("\n\nAssistant:")[0].strip(), "unknown", p.prompt) for p in pairs[:n]]
+    raise ValueError(f"unknown prompts {cfg.prompts!r}: 'world', 'offline' or 'hh-rlhf'")
 
 def judge_score(cfg: DPOBandConfig, p: BandPrompt, response: str) -> float:
     "The judge's scalar for one response (oracle gold reward, or the proxy score)."
@@ -130,7 +143,7 @@ def dataset_pairs(cfg: DPOBandConfig) -> tuple[list[PreferencePair], dict]:
     else: pairs, counts = read_jsonl(cfg.pairs, PreferencePair)[:cfg.n_prompts], {}
     return pairs, {"pairs": len(pairs), **counts}
 
-# %% ../nbs/12_dpo.ipynb #108ade54
+# %% ../nbs/12_dpo.ipynb #0826df9a
 def _lora(cfg: DPOBandConfig) -> LoraSpec | None:
     return LoraSpec(r=cfg.lora_r, alpha=2 * cfg.lora_r, dropout=0.0) if cfg.lora_r > 0 else None
 
@@ -154,8 +167,13 @@ def train_phases(cfg: DPOBandConfig, pairs: list[PreferencePair], out: str | Pat
     rm_train, rm_eval = rm_pairs[n_rm_eval:], rm_pairs[:n_rm_eval]
     progress(f"reward model on {len(rm_train)} pairs ({len(rm_eval)} held out)")
     rm_base, _ = load_policy(cfg.reward_init, cfg.dtype)
+    rm_model = reward_model_from(rm_base, tok.pad_token_id)
+    if cfg.lora_r > 0:
+        from peft import LoraConfig, get_peft_model
+        rm_model = get_peft_model(rm_model, LoraConfig(r=cfg.lora_r, lora_alpha=2 * cfg.lora_r, task_type="SEQ_CLS",
+                                                       target_modules=list(_lora(cfg).target_modules), modules_to_save=["score"]))
     rres = run_reward(RewardStageConfig(output_dir=str(out / "rm"), max_steps=cfg.rm_steps, learning_rate=cfg.rm_lr, **common),
-                      reward_model_from(rm_base, tok.pad_token_id), tok, rm_train)
+                      rm_model, tok, rm_train)
     dpo = {}
     for beta in cfg.betas:
         progress(f"DPO β={beta} on {len(dpo_pairs)} pairs")
@@ -166,7 +184,7 @@ def train_phases(cfg: DPOBandConfig, pairs: list[PreferencePair], out: str | Pat
     return {"tokenizer": tok, "sft_dir": out / "sft" / "final", "rm": rres, "rm_eval_pairs": rm_eval, "dpo": dpo,
             "sizes": {"sft": len(sft_pairs), "rm_train": len(rm_train), "rm_eval": len(rm_eval), "dpo": len(dpo_pairs)}}
 
-# %% ../nbs/12_dpo.ipynb #a2157499
+# %% ../nbs/12_dpo.ipynb #672deb04
 def _policy_row(cfg, name, beta, prompts, texts, gold, rm, wins, kl, aspects) -> dict:
     g, w = estimate(gold), estimate(wins)
     row = {"policy": name, "beta": beta, "gold": g.mean, "gold_ci95": list(g.ci95), "rm_reward": float(np.mean(rm)),
@@ -194,10 +212,10 @@ def evaluate_band(cfg: DPOBandConfig, trained: dict, prompts: Sequence[BandPromp
     N = max(cfg.bon_ns)
     sft_texts = [[t.strip() for t in g.texts] for g in sft_gens]
     flat = lambda xs: [x for row in xs for x in row]
-    gold_all = np.array([judge_score(cfg, p, t) for p, row in zip(prompts, sft_texts) for t in row]).reshape(len(prompts), N)
     rm_all = reward_scores(rm, tok, [c for c in ctx for _ in range(N)], [" " + t for t in flat(sft_texts)]).numpy().reshape(len(prompts), N)
+    gold_all = rm_all if cfg.judge == "rm" else np.array(
+        [judge_score(cfg, p, t) for p, row in zip(prompts, sft_texts) for t in row]).reshape(len(prompts), N)
     base = [row[0] for row in sft_texts]
-    one = lambda g: [x.__class__(x.prompt, x.texts[:1], x.token_ids[:1], None, x.finish_reasons[:1]) for x in g]
     rows = [_policy_row(cfg, "SFT", None, prompts, base, gold_all[:, 0], rm_all[:, 0], [0.5] * len(base),
                         Estimate(0.0, (0.0, 0.0), len(base)), _aspect_rates(cfg, prompts, base))]
     samples = [{"policy": "SFT", "prompt": p.text, "kind": p.kind, "response": t, "gold": float(g)}
@@ -207,8 +225,8 @@ def evaluate_band(cfg: DPOBandConfig, trained: dict, prompts: Sequence[BandPromp
         pol = res.model.eval()
         gens = sample_policy(pol, tok, ctx, n=1, **kw)
         texts = [g.texts[0].strip() for g in gens]
-        gold = [judge_score(cfg, p, t) for p, t in zip(prompts, texts)]
         rmr = reward_scores(rm, tok, ctx, [" " + t for t in texts]).tolist()
+        gold = rmr if cfg.judge == "rm" else [judge_score(cfg, p, t) for p, t in zip(prompts, texts)]
         if cfg.judge == "rm": wins = [(1 + np.sign(a - b)) / 2 for a, b in zip(rmr, rm_all[:, 0])]
         else: wins = [(1 + judge_prefer(cfg, p, a, b)) / 2 for p, a, b in zip(prompts, texts, base)]
         kl = kl_on_samples(pol, sft, tok, gens)
@@ -272,3 +290,50 @@ def run_band(cfg: DPOBandConfig, out: str | Path, progress=print) -> dict:
     from selfalign.core import RunDir
     RunDir(out).write_jsonl("samples.jsonl", ev["samples"])
     return res
+
+# %% ../nbs/12_dpo.ipynb #0e196fdd
+def band_tables(res: dict, table_betas: Sequence[float] = (0.1, 0.3)) -> dict:
+    "The band's tables: every policy, best-of-N, and the win-rate table for `table_betas`."
+    r3 = lambda v: round(v, 4) if isinstance(v, float) else v
+    main = [{k: (list(map(r3, v)) if isinstance(v, list) else r3(v)) for k, v in r.items()} for r in res["policies"]]
+    wins = [{"beta": r["beta"], "win_vs_sft": r3(r["win_vs_sft"]), "ci95_lo": r3(r["win_ci95"][0]), "ci95_hi": r3(r["win_ci95"][1]),
+             "n": r["n"]} for r in res["policies"] if r["beta"] in tuple(table_betas)]
+    bon = [{k: (list(map(r3, v)) if isinstance(v, list) else r3(v)) for k, v in b.items()} for b in res["best_of_n"]]
+    rm = [{"rm_accuracy": r3(res["rm_accuracy"]), "ci95_lo": r3(res["rm_accuracy_ci95"][0]),
+           "ci95_hi": r3(res["rm_accuracy_ci95"][1]), "n": res["rm_eval_pairs"]}]
+    return {"policies": main, "win_rate": wins, "best_of_n": bon, "reward_model": rm}
+
+def plot_frontier(res: dict, ax=None, ylabel: str = "gold reward (oracle)"):
+    "Gold reward vs KL(π‖π_ref): DPO per β, best-of-N under the trained RM, and the SFT model."
+    import matplotlib.pyplot as plt
+    ax = ax or plt.subplots(figsize=(5.2, 3.6))[1]
+    bon = res["best_of_n"]
+    ax.plot([b["kl"] for b in bon], [b["gold"] for b in bon], "s--", c="#dd8452", label="best-of-N (trained RM)")
+    for b in bon: ax.annotate(f"N={b['n']}", (b["kl"], b["gold"]), textcoords="offset points", xytext=(4, -10), fontsize=7, c="#dd8452")
+    dpo = [r for r in res["policies"] if r["beta"] is not None]
+    xs, ys = [r["kl"] for r in dpo], [r["gold"] for r in dpo]
+    yerr = [[r["gold"] - r["gold_ci95"][0] for r in dpo], [r["gold_ci95"][1] - r["gold"] for r in dpo]]
+    xerr = [[r["kl"] - r["kl_ci95"][0] for r in dpo], [r["kl_ci95"][1] - r["kl"] for r in dpo]]
+    ax.errorbar(xs, ys, yerr=yerr, xerr=xerr, fmt="o", c="#4c72b0", capsize=3, label="DPO")
+    for r in dpo: ax.annotate(f"β={r['beta']:g}", (r["kl"], r["gold"]), textcoords="offset points", xytext=(5, 4), fontsize=8, c="#4c72b0")
+    sft = res["policies"][0]
+    ax.axhline(sft["gold"], c="#999", ls=":", lw=1, label="SFT model")
+    ax.set_xscale("symlog", linthresh=1.0); ax.set_xlabel("KL(π ‖ π_SFT), nats (estimated on samples)")
+    ax.set_ylabel(ylabel); ax.set_title("Reward–KL frontier"); ax.legend(fontsize=8, loc="best")
+    return ax.figure
+
+def plot_curves(res: dict):
+    "DPO implicit-reward accuracy and margin per step for each β, and the reward model's training accuracy."
+    import matplotlib.pyplot as plt
+    fig, axs = plt.subplots(1, 3, figsize=(11, 3))
+    for beta, hist in res["curves"]["dpo"].items():
+        steps = [h["step"] for h in hist]
+        axs[0].plot(steps, [h.get("rewards/accuracies") for h in hist], label=f"β={beta}")
+        axs[1].plot(steps, [h.get("rewards/margins") for h in hist], label=f"β={beta}")
+    rm = res["curves"]["rm"]
+    axs[2].plot([h["step"] for h in rm], [h.get("accuracy") for h in rm], c="k", label="accuracy")
+    axs[2].plot([h["step"] for h in rm], [h["loss"] for h in rm], c="#c44e52", label="loss")
+    for ax, t in zip(axs, ("DPO reward accuracy", "DPO reward margin", "reward model (train)")):
+        ax.set_title(t, fontsize=10); ax.set_xlabel("step"); ax.legend(fontsize=7)
+    fig.tight_layout()
+    return fig

@@ -20,8 +20,14 @@ def test_help_lists_reproduce():
     assert r.returncode == 0 and "--scale" in r.stdout and "-p NAME VALUE" in r.stdout
 
 
-def test_reproduce_all_runs_the_template(tmp_path, capsys):
-    assert main(["reproduce", "all", "--scale", "tiny", "--out", str(tmp_path)]) == 0
+def test_reproduce_all_plans_every_paper_band():
+    jobs = plan("all", "tiny", ROOT / "runs-never-written")
+    papers = {j.paper for j in jobs}
+    assert "dpo" in papers and "_template" not in papers  # the template is not a paper
+
+
+def test_reproduce_runs_the_template(tmp_path, capsys):
+    assert main(["reproduce", "_template", "--scale", "tiny", "--out", str(tmp_path)]) == 0
     run = tmp_path / "_template" / "demo"
     assert str(tmp_path.resolve()) in capsys.readouterr().out
     m = validate_metrics(json.loads((run / "metrics.json").read_text()))

@@ -1,0 +1,132 @@
+"""The DPO band: its stages fail clearly on bad input, its configs resolve at every scale, and
+`selfalign reproduce dpo --scale tiny` writes a complete run folder with the four claims."""
+import json
+import math
+import subprocess
+
+import pytest
+import torch
+
+from conftest import BIN, ROOT
+from selfalign.cli import plan
+from selfalign.core import validate_metrics
+from selfalign.data import DataError, PreferencePair
+from selfalign.dpo import DPOBandConfig, band_prompts, dataset_pairs
+from selfalign.logps import completion_logps
+from selfalign.train import PreferenceStageConfig, RewardStageConfig, SFTStageConfig, run_preference, run_reward, run_sft
+from selfalign.worldmodels import load_world_model
+from selfalign import world as W
+
+FIXTURES = ROOT / "tests" / "fixtures"
+CLAIMS = ["dpo-rm-accuracy", "dpo-rm-reward-up", "dpo-beats-sft", "dpo-frontier"]
+
+
+@pytest.fixture(scope="module")
+def world():
+    return load_world_model("sft")
+
+
+def _pairs(n=16):
+    out = []
+    for i, p in enumerate(W.world_prompts(n, "train", seed=9)):
+        import random
+        rng = random.Random(i)
+        good, bad = ("refuse_explain", "comply") if p.kind == "harmful" else ("correct", "wrong")
+        out.append(PreferencePair(W.render_dialogue(p.text), " " + W.render_response(p, good, rng),
+                                  " " + W.render_response(p, bad, rng)))
+    return out
+
+
+def test_pairs_file_with_a_missing_field_names_file_line_and_field(tmp_path, world):
+    f = tmp_path / "pairs.jsonl"
+    f.write_text(json.dumps({"prompt": "USER: hi\nASSISTANT:", "chosen": " a", "rejected": " b"}) + "\n"
+                 + json.dumps({"prompt": "USER: hi\nASSISTANT:", "chosen": " a"}) + "\n")
+    cfg = PreferenceStageConfig(output_dir=str(tmp_path / "out"), max_steps=1)
+    with pytest.raises(DataError, match=r"pairs\.jsonl:2.*rejected"):
+        run_preference(cfg, world[0], world[1], f)
+    assert not (tmp_path / "out").exists()  # failed before anything was written
+
+
+@pytest.mark.parametrize("stage", ["sft", "rm", "dpo"])
+def test_empty_dataset_is_a_clear_error(tmp_path, world, stage):
+    model, tok = world
+    with pytest.raises(DataError, match="no usable rows"):
+        if stage == "sft": run_sft(SFTStageConfig(output_dir=str(tmp_path)), model, tok, [])
+        elif stage == "rm": run_reward(RewardStageConfig(output_dir=str(tmp_path)), model, tok, [])
+        else: run_preference(PreferenceStageConfig(output_dir=str(tmp_path)), model, tok, [])
+
+
+def test_prompt_longer_than_max_length_is_skipped_and_counted(tmp_path, world):
+    model, tok = world
+    long = PreferencePair("USER: " + "tell me more " * 100 + "\nASSISTANT:", " yes", " no")
+    cfg = PreferenceStageConfig(output_dir=str(tmp_path), max_steps=1, batch_size=4, max_length=64)
+    res = run_preference(cfg, model, tok, _pairs(8) + [long])
+    assert res.counts["skipped_prompt_too_long"] == 1 and res.counts["kept"] == 8
+    logged = json.loads((tmp_path / "log_history.json").read_text())
+    assert logged["counts"]["skipped_prompt_too_long"] == 1
+
+
+def test_reference_is_not_the_trained_policy(tmp_path, world):
+    "After training, the precomputed reference log-probs still equal the untouched SFT model's, not the policy's."
+    model, tok = world
+    pairs = _pairs(16)
+    before = completion_logps(load_world_model("sft")[0], tok, [p.prompt for p in pairs], [p.chosen for p in pairs], add_bos=False)
+    cfg = PreferenceStageConfig(output_dir=str(tmp_path), max_steps=3, batch_size=8, learning_rate=1e-3, logging_steps=1)
+    res = run_preference(cfg, load_world_model("sft")[0], tok, pairs)
+    after = completion_logps(res.model, tok, [p.prompt for p in pairs], [p.chosen for p in pairs], add_bos=False)
+    assert (after - before).abs().max() > 1e-3  # the policy moved
+    assert abs(res.losses()[0] - math.log(2)) < 1e-4  # policy = reference at step one
+    assert res.log_history[-2]["rewards/margins"] != 0.0  # and differs from it later
+
+
+def _notebook_defaults():
+    import ast, papermill as pm
+    return {k: ast.literal_eval(v["default"]) for k, v in pm.inspect_notebook(str(ROOT / "papers/dpo/reproduce.ipynb")).items()}
+
+
+def test_notebook_defaults_are_the_band_defaults():
+    "The paper notebook's parameter defaults and `DPOBandConfig`'s defaults must not drift apart."
+    assert DPOBandConfig.from_params(_notebook_defaults()) == DPOBandConfig()
+
+
+def test_band_configs_resolve_at_every_scale(tmp_path):
+    for scale in ("tiny", "small", "paper"):
+        (job,) = plan("dpo", scale, tmp_path)
+        band = DPOBandConfig.from_params({**_notebook_defaults(), **job.parameters})
+        assert band.main_beta in band.betas
+    assert plan("dpo", "paper", tmp_path)[0].parameters["policy"] == "meta-llama/Llama-2-7b-hf"
+    (job,) = plan("dpo", "paper", tmp_path, files=[ROOT / "papers" / "dpo" / "overlays" / "qlora.yaml"])
+    assert job.parameters["quantization"] == "4bit" and job.parameters["batch_size"] * job.parameters["grad_accum"] == 128
+
+
+def test_paper_scale_pairs_and_prompts_from_the_hh_rlhf_fixture(world):
+    cfg = DPOBandConfig(pairs="hh-rlhf", prompts="hh-rlhf", judge="rm", pairs_files=str(FIXTURES / "hh_rlhf.jsonl"))
+    pairs, counts = dataset_pairs(cfg)
+    assert pairs and counts["pairs"] == len(pairs)
+    assert all(p.prompt.endswith("\n\nAssistant:") and p.chosen.startswith(" ") for p in pairs)
+    prompts = band_prompts(cfg, world[1], 3, "test")
+    assert prompts and all(p.context.endswith("Assistant:") and p.text for p in prompts)
+
+
+def test_bad_band_configs_fail_clearly():
+    with pytest.raises(ValueError, match="main_beta"): DPOBandConfig(betas=(0.1,), main_beta=0.3)
+    with pytest.raises(ValueError, match="oracle judges world prompts"): DPOBandConfig(prompts="offline")
+    with pytest.raises(ValueError, match="sampled pairs"): DPOBandConfig(judge="rm")
+
+
+def test_reproduce_dpo_tiny_writes_the_run_folder(tmp_path):
+    r = subprocess.run([str(BIN / "selfalign"), "reproduce", "dpo", "--scale", "tiny", "--out", str(tmp_path)],
+                       capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr[-3000:]
+    run = tmp_path / "dpo" / "frontier"
+    m = validate_metrics(json.loads((run / "metrics.json").read_text()))
+    assert [c["id"] for c in m["claims"]] == CLAIMS
+    assert all(c["value"] is not None for c in m["claims"])
+    assert m["claims"][2]["ci95"] is not None  # the win rate carries its CI
+    assert {"policies", "win_rate", "best_of_n", "reward_model"} <= set(m["tables"])
+    assert [r["beta"] for r in m["tables"]["win_rate"]] == [0.1, 0.3]
+    names = {p.name for p in run.iterdir()}
+    assert {"config.json", "env.json", "metrics.json", "results.json", "samples.jsonl", "frontier.png", "curves.png",
+            "reproduce.ipynb", "sft", "rm", "dpo-beta0.3"} <= names
+    assert (run / "dpo-beta0.3" / "final" / "model.safetensors").exists()
+    assert m["wall_s"] < 300
