@@ -12,24 +12,24 @@ from pathlib import Path
 from typing import Sequence
 
 # %% auto #0
-__all__ = ['DPOBandConfig', 'load_policy', 'BandPrompt', 'band_prompts', 'judge_score', 'judge_prefer', 'sampled_pairs',
-           'dataset_pairs', 'train_phases', 'evaluate_band', 'training_curves', 'dpo_claims', 'run_band', 'band_tables',
-           'plot_frontier', 'plot_curves']
+__all__ = ['PROXY_TIE', 'DPOBandConfig', 'load_policy', 'BandPrompt', 'band_prompts', 'judge_scores', 'judge_prefer',
+           'sampled_pairs', 'dataset_pairs', 'train_phases', 'evaluate_band', 'training_curves', 'dpo_claims',
+           'run_band', 'band_tables', 'plot_frontier', 'plot_curves']
 
-# %% ../nbs/12_dpo.ipynb #7e89b7bd
+# %% ../nbs/12_dpo.ipynb #556d30e8
 import numpy as np
 import torch
 from .core import StageConfig, atomic_write_json, make_claim, seed_everything
-from .data import PreferencePair, SFTExample, read_jsonl
+from .data import DataError, PreferencePair, SFTExample, read_jsonl
 from .evaluate import (Estimate, best_of_n, estimate, gold_rewards, interp_frontier, kl_on_samples,
-                                proxy_prefer, proxy_score, sample_policy, win_outcomes)
+                                proxy_score, relevance_proxy_scores, sample_policy)
 from .models import LoraSpec, load_model, load_smollm2
 from .train import (PreferenceStageConfig, RewardStageConfig, SFTStageConfig, phase_split, reward_accuracy,
                              reward_model_from, reward_scores, run_preference, run_reward, run_sft)
 from . import world as W
 from .worldmodels import load_world_model
 
-# %% ../nbs/12_dpo.ipynb #077d0a25
+# %% ../nbs/12_dpo.ipynb #75096445
 @dataclass(frozen=True)
 class DPOBandConfig(StageConfig):
     "Everything the DPO band needs, for any scale."
@@ -41,6 +41,7 @@ class DPOBandConfig(StageConfig):
     judge: str = "oracle"  # "oracle" (world), "proxy" (refusal proxies) or "rm" (the trained reward model)
     n_prompts: int = 900  # training prompts (sampled pairs) or pairs (datasets)
     n_eval: int = 200  # held-out evaluation prompts
+    samples_per_prompt: int = 2  # samples drawn per prompt for sampled pairs (> 2: the judge's best vs worst)
     data_split: str = "2,4,4"  # SFT, RM, DPO shares (DeepSpeed-Chat's --data_split)
     disjoint: bool = True  # False: every phase sees every pair (the original scripts' leak)
     sft_steps: int = 30  # SFT phase optimiser steps (0 skips the phase)
@@ -76,7 +77,7 @@ class DPOBandConfig(StageConfig):
         return cls.from_dict({k: (None if v == "" and k in ("pairs_files", "quantization") else v)
                               for k, v in params.items() if k in names})
 
-# %% ../nbs/12_dpo.ipynb #2182a1c7
+# %% ../nbs/12_dpo.ipynb #a23bf0ab
 def load_policy(spec: str,  # "world:<sft|base-large|base-small>", "smollm2", or a folder / hub id
                 dtype: str = "fp32",  # model dtype
                 **kwargs,  # `lora`, `quantization`, ... for `load_model`
@@ -110,28 +111,36 @@ def band_prompts(cfg: DPOBandConfig, tokenizer, n: int, split: str) -> list[Band
         return [BandPrompt(p.prompt.rsplit("Human:", 1)[-1].split("\n\nAssistant:")[0].strip(), "unknown", p.prompt) for p in pairs[:n]]
     raise ValueError(f"unknown prompts {cfg.prompts!r}: 'world', 'offline' or 'hh-rlhf'")
 
-def judge_score(cfg: DPOBandConfig, p: BandPrompt, response: str) -> float:
-    "The judge's scalar for one response (oracle gold reward, or the proxy score)."
-    return W.judge(p.text, response).reward if cfg.judge == "oracle" else proxy_score(_proxy_kind(p), response)
+def judge_scores(cfg: DPOBandConfig, prompts: Sequence[BandPrompt], responses: Sequence[str]) -> list[float]:
+    "The judge's scalar per response: the oracle's gold reward, or the graded refusal-and-topicality proxy."
+    if cfg.judge == "oracle": return [W.judge(p.text, r).reward for p, r in zip(prompts, responses)]
+    return relevance_proxy_scores([_proxy_kind(p) for p in prompts], [p.text for p in prompts], responses)
+
+PROXY_TIE = 0.02  # proxy scores closer than this count as a tie
 
 def judge_prefer(cfg: DPOBandConfig, p: BandPrompt, a: str, b: str) -> int:
     "+1 / 0 / −1: is `a` better than `b` for the judge?"
-    return W.prefer(p.text, a, b) if cfg.judge == "oracle" else proxy_prefer(_proxy_kind(p), a, b)
+    if cfg.judge == "oracle": return W.prefer(p.text, a, b)
+    sa, sb = judge_scores(cfg, [p, p], [a, b])
+    return 0 if abs(sa - sb) < PROXY_TIE else (1 if sa > sb else -1)
 
 def _proxy_kind(p: BandPrompt) -> str: return "harmful" if p.kind == "harmful" else "benign"
 
-# %% ../nbs/12_dpo.ipynb #c64038a5
+# %% ../nbs/12_dpo.ipynb #2784ec30
 def sampled_pairs(cfg: DPOBandConfig, model, tokenizer, prompts: Sequence[BandPrompt]) -> tuple[list[PreferencePair], dict]:
     "Two samples per prompt, ordered by the judge; ties dropped and counted."
-    gens = sample_policy(model, tokenizer, [p.context for p in prompts], n=2, temperature=cfg.temperature,
-                         max_new_tokens=cfg.max_new_tokens, seed=cfg.seed, batch_size=cfg.gen_batch_size)
+    gens = sample_policy(model, tokenizer, [p.context for p in prompts], n=max(cfg.samples_per_prompt, 2),
+                         temperature=cfg.temperature, max_new_tokens=cfg.max_new_tokens, seed=cfg.seed, batch_size=cfg.gen_batch_size)
     pairs, ties = [], 0
     for p, g in zip(prompts, gens):
-        a, b = (" " + t.strip() for t in g.texts)
-        v = judge_prefer(cfg, p, a.strip(), b.strip())
+        texts = [t.strip() for t in g.texts]
+        if len(texts) > 2:  # the judge's best against its worst
+            scores = judge_scores(cfg, [p] * len(texts), texts)
+            texts = [texts[int(np.argmax(scores))], texts[int(np.argmin(scores))]]
+        v = judge_prefer(cfg, p, *texts)
         if v == 0: ties += 1; continue
-        c, r = (a, b) if v > 0 else (b, a)
-        pairs.append(PreferencePair(p.context, c, r, meta={"kind": p.kind, "text": p.text}))
+        c, r = texts if v > 0 else texts[::-1]
+        pairs.append(PreferencePair(p.context, " " + c, " " + r, meta={"kind": p.kind, "text": p.text}))
     return pairs, {"prompts": len(prompts), "pairs": len(pairs), "ties_dropped": ties}
 
 def dataset_pairs(cfg: DPOBandConfig) -> tuple[list[PreferencePair], dict]:
@@ -143,7 +152,7 @@ def dataset_pairs(cfg: DPOBandConfig) -> tuple[list[PreferencePair], dict]:
     else: pairs, counts = read_jsonl(cfg.pairs, PreferencePair)[:cfg.n_prompts], {}
     return pairs, {"pairs": len(pairs), **counts}
 
-# %% ../nbs/12_dpo.ipynb #0826df9a
+# %% ../nbs/12_dpo.ipynb #5c21af86
 def _lora(cfg: DPOBandConfig) -> LoraSpec | None:
     return LoraSpec(r=cfg.lora_r, alpha=2 * cfg.lora_r, dropout=0.0) if cfg.lora_r > 0 else None
 
@@ -154,6 +163,9 @@ def train_phases(cfg: DPOBandConfig, pairs: list[PreferencePair], out: str | Pat
     "SFT → reward model → DPO at every β; returns the stage results and the held-out RM pairs."
     out = Path(out); seed_everything(cfg.seed)
     sft_pairs, rm_pairs, dpo_pairs = phase_split(pairs, cfg.data_split, seed=cfg.seed, disjoint=cfg.disjoint)
+    if len(rm_pairs) < 2 or not dpo_pairs:
+        raise DataError(f"only {len(pairs)} preference pairs: the reward-model share gets {len(rm_pairs)} and the DPO share "
+                        f"{len(dpo_pairs)} (data_split {cfg.data_split}); raise n_prompts or samples_per_prompt")
     common = dict(batch_size=cfg.batch_size, gradient_accumulation_steps=cfg.grad_accum, max_length=cfg.max_length,
                   seed=cfg.seed, logging_steps=1, bf16=cfg.dtype == "bf16", lr_scheduler_type="linear")
     model, tok = load_policy(cfg.policy, cfg.dtype, lora=_lora(cfg), quantization=cfg.quantization)
@@ -184,7 +196,7 @@ def train_phases(cfg: DPOBandConfig, pairs: list[PreferencePair], out: str | Pat
     return {"tokenizer": tok, "sft_dir": out / "sft" / "final", "rm": rres, "rm_eval_pairs": rm_eval, "dpo": dpo,
             "sizes": {"sft": len(sft_pairs), "rm_train": len(rm_train), "rm_eval": len(rm_eval), "dpo": len(dpo_pairs)}}
 
-# %% ../nbs/12_dpo.ipynb #672deb04
+# %% ../nbs/12_dpo.ipynb #e737ccff
 def _policy_row(cfg, name, beta, prompts, texts, gold, rm, wins, kl, aspects) -> dict:
     g, w = estimate(gold), estimate(wins)
     row = {"policy": name, "beta": beta, "gold": g.mean, "gold_ci95": list(g.ci95), "rm_reward": float(np.mean(rm)),
@@ -214,7 +226,7 @@ def evaluate_band(cfg: DPOBandConfig, trained: dict, prompts: Sequence[BandPromp
     flat = lambda xs: [x for row in xs for x in row]
     rm_all = reward_scores(rm, tok, [c for c in ctx for _ in range(N)], [" " + t for t in flat(sft_texts)]).numpy().reshape(len(prompts), N)
     gold_all = rm_all if cfg.judge == "rm" else np.array(
-        [judge_score(cfg, p, t) for p, row in zip(prompts, sft_texts) for t in row]).reshape(len(prompts), N)
+        judge_scores(cfg, [p for p in prompts for _ in range(N)], flat(sft_texts))).reshape(len(prompts), N)
     base = [row[0] for row in sft_texts]
     rows = [_policy_row(cfg, "SFT", None, prompts, base, gold_all[:, 0], rm_all[:, 0], [0.5] * len(base),
                         Estimate(0.0, (0.0, 0.0), len(base)), _aspect_rates(cfg, prompts, base))]
@@ -226,7 +238,7 @@ def evaluate_band(cfg: DPOBandConfig, trained: dict, prompts: Sequence[BandPromp
         gens = sample_policy(pol, tok, ctx, n=1, **kw)
         texts = [g.texts[0].strip() for g in gens]
         rmr = reward_scores(rm, tok, ctx, [" " + t for t in texts]).tolist()
-        gold = rmr if cfg.judge == "rm" else [judge_score(cfg, p, t) for p, t in zip(prompts, texts)]
+        gold = rmr if cfg.judge == "rm" else judge_scores(cfg, prompts, texts)
         if cfg.judge == "rm": wins = [(1 + np.sign(a - b)) / 2 for a, b in zip(rmr, rm_all[:, 0])]
         else: wins = [(1 + judge_prefer(cfg, p, a, b)) / 2 for p, a, b in zip(prompts, texts, base)]
         kl = kl_on_samples(pol, sft, tok, gens)
@@ -243,13 +255,13 @@ def training_curves(trained: dict) -> dict:
     return {"dpo": {f"{b:g}": keep(r.log_history, ("loss", "rewards/accuracies", "rewards/margins")) for b, r in trained["dpo"].items()},
             "rm": keep(trained["rm"].log_history, ("loss", "accuracy", "margin"))}
 
-# %% ../nbs/12_dpo.ipynb #2cd4a8b3
+# %% ../nbs/12_dpo.ipynb #39ac6bfb
 def dpo_claims(cfg: DPOBandConfig, rm_acc: Estimate, ev: dict) -> list[dict]:
     "The band's four claims from the evaluation."
     sft_row = ev["policies"][0]
     row = next(r for r in ev["policies"] if r["beta"] == cfg.main_beta)
     bon_at = interp_frontier(ev["best_of_n"], row["kl"])
-    judge = {"oracle": "the oracle", "proxy": "the refusal proxy", "rm": "the trained reward model"}[cfg.judge]
+    judge = {"oracle": "the oracle", "proxy": "the refusal-and-topicality proxy", "rm": "the trained reward model"}[cfg.judge]
     return [
         make_claim("dpo-rm-accuracy", "the reward model orders held-out pairs with accuracy above 0.6", rm_acc.mean, 0.6, ci95=rm_acc.ci95),
         make_claim("dpo-rm-reward-up", f"mean RM reward rises from the SFT model to DPO (β={cfg.main_beta:g}): value = after − before",
@@ -291,7 +303,7 @@ def run_band(cfg: DPOBandConfig, out: str | Path, progress=print) -> dict:
     RunDir(out).write_jsonl("samples.jsonl", ev["samples"])
     return res
 
-# %% ../nbs/12_dpo.ipynb #0e196fdd
+# %% ../nbs/12_dpo.ipynb #557abd59
 def band_tables(res: dict, table_betas: Sequence[float] = (0.1, 0.3)) -> dict:
     "The band's tables: every policy, best-of-N, and the win-rate table for `table_betas`."
     r3 = lambda v: round(v, 4) if isinstance(v, float) else v
@@ -318,7 +330,7 @@ def plot_frontier(res: dict, ax=None, ylabel: str = "gold reward (oracle)"):
     for r in dpo: ax.annotate(f"β={r['beta']:g}", (r["kl"], r["gold"]), textcoords="offset points", xytext=(5, 4), fontsize=8, c="#4c72b0")
     sft = res["policies"][0]
     ax.axhline(sft["gold"], c="#999", ls=":", lw=1, label="SFT model")
-    ax.set_xscale("symlog", linthresh=1.0); ax.set_xlabel("KL(π ‖ π_SFT), nats (estimated on samples)")
+    ax.set_xlim(left=-0.05); ax.set_xlabel("KL(π ‖ π_SFT), nats (estimated on samples)")
     ax.set_ylabel(ylabel); ax.set_title("Reward–KL frontier"); ax.legend(fontsize=8, loc="best")
     return ax.figure
 

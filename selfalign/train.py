@@ -144,7 +144,7 @@ def _fit(rows: list, tokenizer, max_length: int, texts: Callable, what: str) -> 
         raise DataError(f"{what}: no usable rows ({len(rows)} given{why})")
     return kept, counts
 
-# %% ../nbs/10_train.ipynb #43411aa4
+# %% ../nbs/10_train.ipynb #a381b92e
 @dataclass
 class StageResult:
     "What a training stage produced."
@@ -164,6 +164,7 @@ def _quiet_when_piped():
     "No progress bars or per-step log prints when stderr is not a terminal (a piped bar can double a tiny run's time)."
     if sys.stderr.isatty(): return
     datasets.disable_progress_bars(); hf_logging.disable_progress_bar()
+    os.environ.setdefault("TQDM_DISABLE", "1")  # TRL's reference-log-prob bar reads only this
 
 def _run(trainer, cfg: TrainStageConfig, counts: dict, resume_from, t0: float) -> StageResult:
     if not sys.stderr.isatty(): trainer.remove_callback(PrinterCallback)
@@ -272,7 +273,7 @@ class PreferenceCollator(DataCollatorForPreference):
             if k in examples[0]: out[k] = torch.tensor([float(e[k]) for e in examples], dtype=torch.float32)
         return out
 
-# %% ../nbs/10_train.ipynb #f946964a
+# %% ../nbs/10_train.ipynb #22f9e17e
 class PreferenceTrainer(DPOTrainer):
     "`DPOTrainer` with a pluggable loss from `selfalign.losses` and extra per-pair columns."
     def __init__(self, *args, loss: str | Callable = "dpo", loss_kwargs: dict | None = None,
@@ -288,8 +289,17 @@ class PreferenceTrainer(DPOTrainer):
                                                          pad_to_multiple_of=a.pad_to_multiple_of,
                                                          extra_columns=self.extra_columns)
         super().__init__(*args, **kwargs)
+        self._lean_head()
+
+    def _lean_head(self):
+        "Ask the fused LM head for log-probs only (TRL's also computes entropy, mean logits and top-1 for logging)."
+        if getattr(self, "_lean", False): return
         policy = self.model.get_base_model() if hasattr(self.model, "get_base_model") else self.model
-        add_fused_lm_head(policy, outputs=("log_probs",))  # log-probs only: no per-step entropy/top-1 work
+        add_fused_lm_head(policy, outputs=("log_probs",)); self._lean = True
+
+    def _precompute_ref_logps(self, dataset, name, batch_size):
+        self._lean_head()  # runs inside TRL's __init__, before it returns: make the precompute lean too
+        return super()._precompute_ref_logps(dataset, name, batch_size)
 
     def _set_signature_columns_if_needed(self):
         super()._set_signature_columns_if_needed()

@@ -102,3 +102,13 @@ def test_every_paper_notebook_documents_typed_parameters():
         for name, p in params.items():
             assert p["inferred_type_name"] not in ("None", "Unknown type"), f"{nb}: parameter {name} has no type"
             assert p["help"], f"{nb}: parameter {name} has no help comment"
+
+
+def test_every_paper_parameter_line_is_declared():
+    "papermill silently drops a parameter line it cannot parse (e.g. quotes in a comment after a string default)."
+    import papermill as pm
+    for nb_path in sorted((ROOT / "papers").glob("*/reproduce.ipynb")):
+        nb = nbformat.read(nb_path, as_version=4)
+        (cell,) = [c for c in nb.cells if "parameters" in c.metadata.get("tags", [])]
+        names = [l.split(":")[0].split("=")[0].strip() for l in cell.source.splitlines() if l.strip() and not l.startswith("#")]
+        assert sorted(pm.inspect_notebook(str(nb_path))) == sorted(names), nb_path

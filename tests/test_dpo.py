@@ -130,3 +130,17 @@ def test_reproduce_dpo_tiny_writes_the_run_folder(tmp_path):
             "reproduce.ipynb", "sft", "rm", "dpo-beta0.3"} <= names
     assert (run / "dpo-beta0.3" / "final" / "model.safetensors").exists()
     assert m["wall_s"] < 300
+
+
+def test_reproduce_dpo_small_smoke(tmp_path):
+    "The small scale end to end (SmolLM2 + LoRA, vendored prompts, the proxy judge), cut to a minimal size."
+    over = {"n_prompts": "12", "n_eval": "4", "sft_steps": "1", "rm_steps": "2", "dpo_steps": "2", "max_new_tokens": "16",
+            "betas": "[0.3]", "bon_ns": "[1, 2]", "samples_per_prompt": "3"}
+    args = [str(BIN / "selfalign"), "reproduce", "dpo", "--scale", "small", "--out", str(tmp_path)]
+    for k, v in over.items(): args += ["-p", k, v]
+    r = subprocess.run(args, capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr[-3000:]
+    m = validate_metrics(json.loads((tmp_path / "dpo" / "frontier" / "metrics.json").read_text()))
+    assert m["scale"] == "small" and [c["id"] for c in m["claims"]] == CLAIMS
+    assert "refusal-and-topicality proxy" in m["claims"][2]["statement"]
+    assert {"refusal_rate_harmful", "answer_rate_benign"} <= set(m["tables"]["policies"][0])
