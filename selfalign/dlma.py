@@ -213,7 +213,7 @@ def label_accuracy(gold: np.ndarray, labels: dict[str, np.ndarray]) -> list[dict
         out.append({"labeller": name, "accuracy": e.mean, "ci95": list(e.ci95), "n": e.n})
     return out
 
-# %% ../nbs/20_dlma.ipynb #f586764f
+# %% ../nbs/20_dlma.ipynb #2ae44622
 def _pairs(rows, labels=None, margins=None) -> list[PreferencePair]:
     out = []
     for i, r in enumerate(rows):
@@ -234,7 +234,9 @@ def train_methods(cfg: DLMABandConfig, rows: Sequence[dict], labels: dict[str, n
                   out: str | Path, progress=print) -> dict:
     "Train each configured row (and the ablations); returns name → trained model (SFT: the untouched model)."
     out, models = Path(out), {}
-    fresh = lambda: load_policy(cfg.policy, cfg.dtype, lora=_lora(cfg), quantization=cfg.quantization)[0]
+    def fresh():  # seeded, so a LoRA adapter starts the same whatever ran before it
+        seed_everything(cfg.seed)
+        return load_policy(cfg.policy, cfg.dtype, lora=_lora(cfg), quantization=cfg.quantization)[0]
     tok = load_policy(cfg.policy, cfg.dtype)[1]
     if "SFT" in cfg.methods: models["SFT"] = load_policy(cfg.policy, cfg.dtype)[0]
     if "CD" in cfg.methods:

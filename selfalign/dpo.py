@@ -152,7 +152,7 @@ def dataset_pairs(cfg: DPOBandConfig) -> tuple[list[PreferencePair], dict]:
     else: pairs, counts = read_jsonl(cfg.pairs, PreferencePair)[:cfg.n_prompts], {}
     return pairs, {"pairs": len(pairs), **counts}
 
-# %% ../nbs/12_dpo.ipynb #5c21af86
+# %% ../nbs/12_dpo.ipynb #e65df42b
 def _lora(cfg: DPOBandConfig) -> LoraSpec | None:
     return LoraSpec(r=cfg.lora_r, alpha=2 * cfg.lora_r, dropout=0.0) if cfg.lora_r > 0 else None
 
@@ -189,6 +189,7 @@ def train_phases(cfg: DPOBandConfig, pairs: list[PreferencePair], out: str | Pat
     dpo = {}
     for beta in cfg.betas:
         progress(f"DPO β={beta} on {len(dpo_pairs)} pairs")
+        seed_everything(cfg.seed)  # a LoRA adapter starts the same for every β
         policy = load_policy(str(out / "sft" / "final"), cfg.dtype, lora=_lora(cfg), quantization=cfg.quantization)[0]
         pcfg = PreferenceStageConfig(output_dir=str(out / f"dpo-beta{beta:g}"), max_steps=cfg.dpo_steps,
                                      learning_rate=cfg.dpo_lr, beta=beta, **common)

@@ -59,7 +59,7 @@ def concatenated_forward(model,  # a causal LM returning `.logits`
     lps = sequence_logps(logits, batch["input_ids"], batch["response_mask"], average=average)
     return lps[:B], lps[B:]
 
-# %% ../nbs/02_logps.ipynb #4ffd12b4
+# %% ../nbs/02_logps.ipynb #0dfed243
 @torch.no_grad()
 def completion_logps(model,  # a causal LM
                      tokenizer,  # its tokenizer
@@ -84,11 +84,13 @@ def completion_logps(model,  # a causal LM
         ids = bos + fi + eos
         rows.append((torch.tensor(ids), torch.tensor([0] * (len(bos) + len(pi)) + [1] * (len(ids) - len(bos) - len(pi)))))
     device = next(model.parameters()).device
-    out = []
+    order = sorted(range(len(rows)), key=lambda i: len(rows[i][0]))  # batch similar lengths: little padding
+    out = torch.zeros(len(rows))
     for i in range(0, len(rows), batch_size):
-        chunk = rows[i:i + batch_size]
+        idx = order[i:i + batch_size]
+        chunk = [rows[j] for j in idx]
         ids = pad_stack([r[0] for r in chunk], value=tokenizer.pad_token_id or 0).to(device)
         att = pad_stack([torch.ones_like(r[0]) for r in chunk]).to(device)
         resp = pad_stack([r[1] for r in chunk]).to(device)
-        out.append(sequence_logps(model(input_ids=ids, attention_mask=att, use_cache=False).logits, ids, resp, average=average).cpu())
-    return torch.cat(out) if out else torch.zeros(0)
+        out[idx] = sequence_logps(model(input_ids=ids, attention_mask=att, use_cache=False).logits, ids, resp, average=average).cpu()
+    return out
