@@ -17,12 +17,12 @@ __all__ = ['CONTRASTS', 'METHODS', 'Contrast', 'load_contrasts', 'contrast_for',
            'gold_labels', 'label_accuracy', 'train_methods', 'evaluate_methods', 'dlma_claims', 'run_band',
            'dlma_tables', 'plot_dlma']
 
-# %% ../nbs/20_dlma.ipynb #9f80ffa6
+# %% ../nbs/20_dlma.ipynb #fa066786
 import numpy as np
 import torch
 from .core import StageConfig, atomic_write_json, make_claim, seed_everything, RunDir
 from .data import CHAT_TEMPLATES, DataError, PreferencePair, SFTExample, render_prompt
-from .dpo import BandPrompt, band_prompts, judge_prefer, judge_scores, load_policy, _aspect_rates, _lora
+from .dpo import BandPrompt, band_prompts, judge_scores, load_policy, prefer_by_scores, _aspect_rates, _lora
 from .evaluate import estimate, kl_on_samples, sample_policy
 from .generate import HFGenerator, SamplingParams, generate_to_shards, read_shards
 from .logps import completion_logps
@@ -177,7 +177,7 @@ def self_reward_margins(model, tokenizer, rows: Sequence[dict], batch_size: int 
     if bad.size: raise DataError(f"rows {bad[:5].tolist()}: the self-reward margin is not finite ({m[bad[0]]})")
     return m
 
-# %% ../nbs/20_dlma.ipynb #e489db3d
+# %% ../nbs/20_dlma.ipynb #4128b4fe
 _JUDGE_QUESTION = {"harmless": "Which response is safer, more harmless and more lawful?",
                    "helpful": "Which response is more helpful and more accurate?"}
 
@@ -200,8 +200,9 @@ def rlaif_labels(model, tokenizer, rows: Sequence[dict], template: str = "world"
 
 def gold_labels(cfg: DLMABandConfig, rows: Sequence[dict]) -> np.ndarray:
     "+1 / 0 / −1: does the gold judge prefer the positive-prompt response?"
-    return np.array([judge_prefer(cfg, BandPrompt(r["text"], r["kind"], r["context"]), r["chosen"].strip(), r["rejected"].strip())
-                     for r in rows])
+    ps = [BandPrompt(r["text"], r["kind"], r["context"]) for r in rows]
+    return prefer_by_scores(cfg, judge_scores(cfg, ps, [r["chosen"].strip() for r in rows]),
+                            judge_scores(cfg, ps, [r["rejected"].strip() for r in rows]))
 
 # %% ../nbs/20_dlma.ipynb #096ef455
 def label_accuracy(gold: np.ndarray, labels: dict[str, np.ndarray]) -> list[dict]:
@@ -213,7 +214,7 @@ def label_accuracy(gold: np.ndarray, labels: dict[str, np.ndarray]) -> list[dict
         out.append({"labeller": name, "accuracy": e.mean, "ci95": list(e.ci95), "n": e.n})
     return out
 
-# %% ../nbs/20_dlma.ipynb #2ae44622
+# %% ../nbs/20_dlma.ipynb #cfa3fa87
 def _pairs(rows, labels=None, margins=None) -> list[PreferencePair]:
     out = []
     for i, r in enumerate(rows):
@@ -237,8 +238,7 @@ def train_methods(cfg: DLMABandConfig, rows: Sequence[dict], labels: dict[str, n
     def fresh():  # seeded, so a LoRA adapter starts the same whatever ran before it
         seed_everything(cfg.seed)
         return load_policy(cfg.policy, cfg.dtype, lora=_lora(cfg), quantization=cfg.quantization)[0]
-    tok = load_policy(cfg.policy, cfg.dtype)[1]
-    if "SFT" in cfg.methods: models["SFT"] = load_policy(cfg.policy, cfg.dtype)[0]
+    models["SFT"], tok = load_policy(cfg.policy, cfg.dtype)  # the baseline (`methods` always holds it) and the tokenizer
     if "CD" in cfg.methods:
         progress(f"CD: SFT on {len(rows)} positive-prompt responses")
         scfg = SFTStageConfig(output_dir=str(out / "CD"), max_steps=cfg.cd_steps, learning_rate=cfg.cd_lr, batch_size=cfg.batch_size,
@@ -260,7 +260,7 @@ def train_methods(cfg: DLMABandConfig, rows: Sequence[dict], labels: dict[str, n
         models[name] = run_preference(pcfg, fresh(), tok, _pairs(rows, None, margins)).model
     return models
 
-# %% ../nbs/20_dlma.ipynb #e74553fe
+# %% ../nbs/20_dlma.ipynb #c488e62d
 def evaluate_methods(cfg: DLMABandConfig, models: dict, tokenizer, prompts: Sequence[BandPrompt], progress=print) -> tuple[list[dict], list[dict]]:
     "One row per method, plus the samples."
     ctx = [p.context for p in prompts]
@@ -270,10 +270,11 @@ def evaluate_methods(cfg: DLMABandConfig, models: dict, tokenizer, prompts: Sequ
         progress(f"evaluating {name}")
         gens[name] = sample_policy(m.eval(), tokenizer, ctx, n=1, **kw)
         texts[name] = [g.texts[0].strip() for g in gens[name]]
-    rows, samples, base = [], [], texts["SFT"]
+    golds = {name: judge_scores(cfg, prompts, ts) for name, ts in texts.items()}
+    rows, samples = [], []
     for name, ts in texts.items():
-        gold = judge_scores(cfg, prompts, ts)
-        wins = [(1 + judge_prefer(cfg, p, a, b)) / 2 for p, a, b in zip(prompts, ts, base)]
+        gold = golds[name]
+        wins = ((1 + prefer_by_scores(cfg, gold, golds["SFT"])) / 2).tolist()
         g, w = estimate(gold), estimate(wins)
         kl = kl_on_samples(models[name], models["SFT"], tokenizer, gens[name]) if name != "SFT" else None
         rows.append({"method": name, "gold": g.mean, "gold_ci95": list(g.ci95), "win_vs_sft": w.mean, "win_ci95": list(w.ci95),

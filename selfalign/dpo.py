@@ -12,14 +12,14 @@ from pathlib import Path
 from typing import Sequence
 
 # %% auto #0
-__all__ = ['PROXY_TIE', 'DPOBandConfig', 'load_policy', 'BandPrompt', 'band_prompts', 'judge_scores', 'judge_prefer',
+__all__ = ['PROXY_TIE', 'DPOBandConfig', 'load_policy', 'BandPrompt', 'band_prompts', 'judge_scores', 'prefer_by_scores',
            'sampled_pairs', 'dataset_pairs', 'train_phases', 'evaluate_band', 'training_curves', 'dpo_claims',
            'run_band', 'band_tables', 'plot_frontier', 'plot_curves']
 
-# %% ../nbs/12_dpo.ipynb #556d30e8
+# %% ../nbs/12_dpo.ipynb #7cb0a3e5
 import numpy as np
 import torch
-from .core import StageConfig, atomic_write_json, make_claim, seed_everything
+from .core import RunDir, StageConfig, atomic_write_json, make_claim, seed_everything
 from .data import DataError, PreferencePair, SFTExample, read_jsonl
 from .evaluate import (Estimate, best_of_n, estimate, gold_rewards, interp_frontier, kl_on_samples,
                                 proxy_score, relevance_proxy_scores, sample_policy)
@@ -77,7 +77,7 @@ class DPOBandConfig(StageConfig):
         return cls.from_dict({k: (None if v == "" and k in ("pairs_files", "quantization") else v)
                               for k, v in params.items() if k in names})
 
-# %% ../nbs/12_dpo.ipynb #a23bf0ab
+# %% ../nbs/12_dpo.ipynb #73ab2c3a
 def load_policy(spec: str,  # "world:<sft|base-large|base-small>", "smollm2", or a folder / hub id
                 dtype: str = "fp32",  # model dtype
                 **kwargs,  # `lora`, `quantization`, ... for `load_model`
@@ -118,29 +118,27 @@ def judge_scores(cfg: DPOBandConfig, prompts: Sequence[BandPrompt], responses: S
 
 PROXY_TIE = 0.02  # proxy scores closer than this count as a tie
 
-def judge_prefer(cfg: DPOBandConfig, p: BandPrompt, a: str, b: str) -> int:
-    "+1 / 0 / −1: is `a` better than `b` for the judge?"
-    if cfg.judge == "oracle": return W.prefer(p.text, a, b)
-    sa, sb = judge_scores(cfg, [p, p], [a, b])
-    return 0 if abs(sa - sb) < PROXY_TIE else (1 if sa > sb else -1)
+def prefer_by_scores(cfg: DPOBandConfig, a, b) -> np.ndarray:
+    "+1 / 0 / −1 per row: is score `a` better than score `b` for the judge? (The oracle's `prefer` rule: ties below 1e-9.)"
+    d = np.asarray(a, float) - np.asarray(b, float)
+    tol = {"oracle": 1e-9, "proxy": PROXY_TIE}.get(cfg.judge, 0.0)
+    return np.where(np.abs(d) < tol, 0, np.sign(d)).astype(int)
 
 def _proxy_kind(p: BandPrompt) -> str: return "harmful" if p.kind == "harmful" else "benign"
 
-# %% ../nbs/12_dpo.ipynb #2784ec30
+# %% ../nbs/12_dpo.ipynb #b8414d54
 def sampled_pairs(cfg: DPOBandConfig, model, tokenizer, prompts: Sequence[BandPrompt]) -> tuple[list[PreferencePair], dict]:
-    "Two samples per prompt, ordered by the judge; ties dropped and counted."
+    "`samples_per_prompt` samples per prompt; the judge's best against its worst; ties dropped and counted."
     gens = sample_policy(model, tokenizer, [p.context for p in prompts], n=max(cfg.samples_per_prompt, 2),
                          temperature=cfg.temperature, max_new_tokens=cfg.max_new_tokens, seed=cfg.seed, batch_size=cfg.gen_batch_size)
-    pairs, ties = [], 0
-    for p, g in zip(prompts, gens):
-        texts = [t.strip() for t in g.texts]
-        if len(texts) > 2:  # the judge's best against its worst
-            scores = judge_scores(cfg, [p] * len(texts), texts)
-            texts = [texts[int(np.argmax(scores))], texts[int(np.argmin(scores))]]
-        v = judge_prefer(cfg, p, *texts)
-        if v == 0: ties += 1; continue
-        c, r = texts if v > 0 else texts[::-1]
-        pairs.append(PreferencePair(p.context, " " + c, " " + r, meta={"kind": p.kind, "text": p.text}))
+    texts = [[t.strip() for t in g.texts] for g in gens]
+    scores = judge_scores(cfg, [p for p, ts in zip(prompts, texts) for _ in ts], [t for ts in texts for t in ts])
+    pairs, ties, k = [], 0, 0
+    for p, ts in zip(prompts, texts):
+        sc = scores[k:k + len(ts)]; k += len(ts)
+        best, worst = int(np.argmax(sc)), int(np.argmin(sc))  # with two samples: the judge's order of the pair
+        if prefer_by_scores(cfg, sc[best], sc[worst]) == 0: ties += 1; continue
+        pairs.append(PreferencePair(p.context, " " + ts[best], " " + ts[worst], meta={"kind": p.kind, "text": p.text}))
     return pairs, {"prompts": len(prompts), "pairs": len(pairs), "ties_dropped": ties}
 
 def dataset_pairs(cfg: DPOBandConfig) -> tuple[list[PreferencePair], dict]:
@@ -197,7 +195,7 @@ def train_phases(cfg: DPOBandConfig, pairs: list[PreferencePair], out: str | Pat
     return {"tokenizer": tok, "sft_dir": out / "sft" / "final", "rm": rres, "rm_eval_pairs": rm_eval, "dpo": dpo,
             "sizes": {"sft": len(sft_pairs), "rm_train": len(rm_train), "rm_eval": len(rm_eval), "dpo": len(dpo_pairs)}}
 
-# %% ../nbs/12_dpo.ipynb #e737ccff
+# %% ../nbs/12_dpo.ipynb #23613f38
 def _policy_row(cfg, name, beta, prompts, texts, gold, rm, wins, kl, aspects) -> dict:
     g, w = estimate(gold), estimate(wins)
     row = {"policy": name, "beta": beta, "gold": g.mean, "gold_ci95": list(g.ci95), "rm_reward": float(np.mean(rm)),
@@ -240,8 +238,7 @@ def evaluate_band(cfg: DPOBandConfig, trained: dict, prompts: Sequence[BandPromp
         texts = [g.texts[0].strip() for g in gens]
         rmr = reward_scores(rm, tok, ctx, [" " + t for t in texts]).tolist()
         gold = rmr if cfg.judge == "rm" else judge_scores(cfg, prompts, texts)
-        if cfg.judge == "rm": wins = [(1 + np.sign(a - b)) / 2 for a, b in zip(rmr, rm_all[:, 0])]
-        else: wins = [(1 + judge_prefer(cfg, p, a, b)) / 2 for p, a, b in zip(prompts, texts, base)]
+        wins = ((1 + prefer_by_scores(cfg, gold, gold_all[:, 0])) / 2).tolist()
         kl = kl_on_samples(pol, sft, tok, gens)
         rows.append(_policy_row(cfg, f"DPO β={beta:g}", beta, prompts, texts, gold, rmr, wins, kl, _aspect_rates(cfg, prompts, texts)))
         samples += [{"policy": f"DPO β={beta:g}", "prompt": p.text, "kind": p.kind, "response": t, "gold": float(g)}
@@ -273,7 +270,7 @@ def dpo_claims(cfg: DPOBandConfig, rm_acc: Estimate, ev: dict) -> list[dict]:
                    f"{judge}: value = DPO − best-of-N", row["gold"] - bon_at, 0.0, inclusive=True),
     ]
 
-# %% ../nbs/12_dpo.ipynb #7be9e396
+# %% ../nbs/12_dpo.ipynb #c14a8736
 def run_band(cfg: DPOBandConfig, out: str | Path, progress=print) -> dict:
     "Pairs → three phases → evaluation → claims; returns (and writes) the results."
     out = Path(out); out.mkdir(parents=True, exist_ok=True); t0 = time.perf_counter(); seconds = {}
@@ -300,7 +297,6 @@ def run_band(cfg: DPOBandConfig, out: str | Path, progress=print) -> dict:
            "best_of_n": ev["best_of_n"], "curves": training_curves(trained), "claims": dpo_claims(cfg, rm_acc, ev),
            "seconds": {k: round(v, 1) for k, v in seconds.items()}}
     atomic_write_json(out / "results.json", res)
-    from selfalign.core import RunDir
     RunDir(out).write_jsonl("samples.jsonl", ev["samples"])
     return res
 

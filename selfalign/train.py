@@ -12,9 +12,9 @@ from pathlib import Path
 from typing import Callable, Iterable, Sequence
 
 # %% auto #0
-__all__ = ['phase_split', 'TrainStageConfig', 'SFTStageConfig', 'RewardStageConfig', 'PreferenceStageConfig', 'StageResult',
-           'run_sft', 'reward_model_from', 'run_reward', 'reward_scores', 'reward_accuracy', 'PreferenceCollator',
-           'PreferenceTrainer', 'run_preference']
+__all__ = ['phase_split', 'TrainStageConfig', 'SFTStageConfig', 'RewardStageConfig', 'PreferenceStageConfig', 'takes_margin',
+           'StageResult', 'run_sft', 'reward_model_from', 'run_reward', 'reward_scores', 'reward_accuracy',
+           'PreferenceCollator', 'PreferenceTrainer', 'run_preference']
 
 # %% ../nbs/10_train.ipynb #8c9a5db7
 import torch
@@ -115,7 +115,7 @@ class PreferenceStageConfig(TrainStageConfig):
                 "margin_dpo": dict(beta=self.beta, weight=self.margin_weight, lo=self.margin_lo, hi=self.margin_hi),
                 "multi_negative_dpo": dict(beta=self.beta)}.get(self.loss, {})
 
-# %% ../nbs/10_train.ipynb #bc95cdb1
+# %% ../nbs/10_train.ipynb #1f32d76b
 def _records(data, cls, what: str) -> list:
     "A list of `cls` records from records, dicts or a JSONL path; DataError names the row and field at fault."
     if isinstance(data, (str, Path)): return read_jsonl(data, cls)
@@ -129,6 +129,19 @@ def _records(data, cls, what: str) -> list:
     return out
 
 def _n_tokens(tokenizer, text: str) -> int: return len(tokenizer(text, add_special_tokens=False)["input_ids"])
+
+def _pair_columns(rows: list, margin_for: str | None, what: str) -> dict:
+    "TRL's prompt/chosen/rejected columns, plus `margin` when `margin_for` (who needs it) is given."
+    cols = {"prompt": [r.prompt for r in rows], "chosen": [r.chosen for r in rows], "rejected": [r.rejected for r in rows]}
+    if margin_for is not None:
+        missing = sum(r.margin is None for r in rows)
+        if missing: raise DataError(f"{what}: {margin_for} needs a margin on every pair; {missing} of {len(rows)} have none")
+        cols["margin"] = [float(r.margin) for r in rows]
+    return cols
+
+def takes_margin(loss: Callable) -> bool:
+    "Does this loss function take a per-pair `margin`?"
+    return "margin" in inspect.signature(loss).parameters
 
 def _fit(rows: list, tokenizer, max_length: int, texts: Callable, what: str) -> tuple[list, dict]:
     "Rows whose prompt leaves room for at least one response token; counts of what was skipped or truncated."
@@ -213,7 +226,7 @@ def reward_model_from(model,  # a causal LM or a folder holding one (safetensors
     torch.nn.init.zeros_(rm.score.weight)
     return rm
 
-# %% ../nbs/10_train.ipynb #fbb29f0d
+# %% ../nbs/10_train.ipynb #a15635f3
 def run_reward(cfg: RewardStageConfig,  # the stage config
                model,  # a sequence classifier with `num_labels=1` (see `reward_model_from`), or a causal LM / folder
                tokenizer,  # its tokenizer (has a pad token)
@@ -228,10 +241,7 @@ def run_reward(cfg: RewardStageConfig,  # the stage config
     n_long = sum(map(too_long, rows))
     if n_long: rows = [r for r in rows if not too_long(r)]; counts.update(skipped_too_long=n_long, kept=len(rows), truncated=0)
     if not rows: raise DataError(f"reward pairs: no pair fits max_length={cfg.max_length}")
-    cols = {"prompt": [r.prompt for r in rows], "chosen": [r.chosen for r in rows], "rejected": [r.rejected for r in rows]}
-    if cfg.use_margin:
-        if any(r.margin is None for r in rows): raise DataError("reward pairs: use_margin=True but some pairs have no margin")
-        cols["margin"] = [float(r.margin) for r in rows]
+    cols = _pair_columns(rows, "use_margin=True" if cfg.use_margin else None, "reward pairs")
     m = _as_model(model)
     if getattr(m.config, "num_labels", None) != 1 or not hasattr(m, "score"): m = reward_model_from(m, tokenizer.pad_token_id)
     args = _trl_args(cfg, RewardConfig, center_rewards_coefficient=cfg.center_rewards_coefficient or None,
@@ -274,7 +284,7 @@ class PreferenceCollator(DataCollatorForPreference):
             if k in examples[0]: out[k] = torch.tensor([float(e[k]) for e in examples], dtype=torch.float32)
         return out
 
-# %% ../nbs/10_train.ipynb #22f9e17e
+# %% ../nbs/10_train.ipynb #7cc8f478
 class PreferenceTrainer(DPOTrainer):
     "`DPOTrainer` with a pluggable loss from `selfalign.losses` and extra per-pair columns."
     def __init__(self, *args, loss: str | Callable = "dpo", loss_kwargs: dict | None = None,
@@ -282,7 +292,7 @@ class PreferenceTrainer(DPOTrainer):
         self.loss_fn = get_loss(loss) if isinstance(loss, str) else loss
         self.loss_kwargs = dict(loss_kwargs or {})
         self.extra_columns = tuple(extra_columns)
-        self._wants_margin = "margin" in inspect.signature(self.loss_fn).parameters
+        self._wants_margin = takes_margin(self.loss_fn)
         if kwargs.get("data_collator") is None:
             tok, a = kwargs["processing_class"], kwargs["args"]
             kwargs["data_collator"] = PreferenceCollator(pad_token_id=tok.pad_token_id, max_length=a.max_length,
@@ -346,7 +356,7 @@ class PreferenceTrainer(DPOTrainer):
             self._total_train_tokens += int(self.accelerator.gather_for_metrics(inputs["attention_mask"].sum()).sum())
         m["num_tokens"] = [self._total_train_tokens]
 
-# %% ../nbs/10_train.ipynb #1cfe894c
+# %% ../nbs/10_train.ipynb #33e78c5e
 def run_preference(cfg: PreferenceStageConfig,  # the stage config
                    model,  # the policy (a causal LM or its folder); its initial weights are the reference
                    tokenizer,  # its tokenizer (has a pad token)
@@ -359,13 +369,7 @@ def run_preference(cfg: PreferenceStageConfig,  # the stage config
     t0 = time.perf_counter(); seed_everything(cfg.seed); _quiet_when_piped()
     rows, counts = _fit(_records(pairs, PreferencePair, "pairs"), tokenizer, cfg.max_length,
                         lambda r: (r.prompt, (r.chosen, r.rejected)), "preference pairs")
-    cols = {"prompt": [r.prompt for r in rows], "chosen": [r.chosen for r in rows], "rejected": [r.rejected for r in rows]}
-    wants_margin = "margin" in inspect.signature(get_loss(cfg.loss)).parameters
-    if wants_margin:
-        if any(r.margin is None for r in rows):
-            raise DataError(f"preference pairs: loss {cfg.loss!r} needs a margin on every pair; "
-                            f"{sum(r.margin is None for r in rows)} of {len(rows)} have none")
-        cols["margin"] = [float(r.margin) for r in rows]
+    cols = _pair_columns(rows, f"loss {cfg.loss!r}" if takes_margin(get_loss(cfg.loss)) else None, "preference pairs")
     policy = _as_model(model)
     if not cfg.precompute_ref and ref_model is None:
         if not isinstance(model, (str, Path)): raise ValueError("precompute_ref=False needs `ref_model` (or pass the policy as a folder)")
