@@ -1,0 +1,108 @@
+"""The Self-Contrast band: prompts whose samples are all empty or identical are skipped and counted (never a crash), the
+hh-rlhf adapters read the hub's schema, configs resolve at every scale, and `selfalign reproduce self_contrast --scale
+tiny` writes the figure, the filter table and the claims."""
+import ast
+import json
+import subprocess
+
+import papermill as pm
+import pytest
+
+import selfalign.self_contrast as S
+from conftest import BIN, ROOT
+from selfalign.cli import plan
+from selfalign.core import validate_metrics
+from selfalign.data import DataError
+from selfalign.generate import Generation, HFGenerator
+from selfalign.worldmodels import load_world_model
+
+FIXTURES = ROOT / "tests" / "fixtures"
+CLAIMS = ["sc-more-negatives-help", "sc-beats-dpo-std", "sc-beats-sft", "sc-filter-helps"]
+
+
+def _fixed(prompt, text, n):
+    return Generation(prompt, [text] * n, [[0]] * n, None, ["eos"] * n)
+
+
+class Degenerate:
+    "A generator whose samples are all empty for every third prompt and all identical for the next; real otherwise."
+    name = "degenerate"
+
+    def __init__(self, model, tok):
+        self.inner = HFGenerator(model, tok, batch_size=64, dtype="fp32")
+        self.fingerprint = "degenerate/" + self.inner.fingerprint
+
+    def generate(self, prompts, params):
+        real = self.inner.generate(list(prompts), params)
+        out = []
+        for i, g in enumerate(real):
+            if i % 3 == 0: out.append(_fixed(g.prompt, "", params.n))
+            elif i % 3 == 1: out.append(_fixed(g.prompt, "same answer", params.n))
+            else: out.append(g)
+        return out
+
+    def __getattr__(self, k): return getattr(self.inner, k)
+
+
+def test_prompts_with_empty_or_identical_samples_are_skipped_and_counted(tmp_path):
+    model, tok = load_world_model("sft")
+    cfg = S.SelfContrastConfig(n_prompts=12, n_samples=6, n_eval=6, ks=(1, 2), filters=("all", "lastdedup-75"), ablation_k=2,
+                               steps=1, max_new_tokens=16, baselines=("SFT",))
+    res = S.run_band(cfg, tmp_path, progress=lambda s: None, generator=Degenerate(model, tok))
+    c = res["counts"]
+    assert c["SC k=1"]["skipped"] == 8 and c["SC k=1"]["groups"] == 4  # 4 empty + 4 identical prompts of 12
+    assert c["SC all k=2"]["skipped"] == 4  # `all` keeps duplicates: only the all-empty prompts are skipped
+    assert res["diversity"]["empty_share"] == pytest.approx(1 / 3)
+
+
+def test_all_prompts_skipped_is_a_clear_error(tmp_path):
+    model, tok = load_world_model("sft")
+    class Empty(Degenerate):
+        def generate(self, prompts, params):
+            return [_fixed(p, "", params.n) for p in prompts]
+    cfg = S.SelfContrastConfig(n_prompts=4, n_samples=4, n_eval=4, ks=(1,), filters=(), ablation_k=1, steps=1, baselines=("SFT",))
+    with pytest.raises(DataError, match=r"no training groups for \['SC k=1'\].*'skipped': 4"):
+        S.run_band(cfg, tmp_path, progress=lambda s: None, generator=Empty(model, tok))
+    assert (tmp_path / "samples" / "manifest.json").exists()  # the finished samples are kept for the re-run
+
+
+def test_hh_rlhf_targets_and_pairs_from_the_fixture():
+    cfg = S.SelfContrastConfig(prompts="hh-rlhf", template="zephyr", judge="proxy", pairs_files=str(FIXTURES / "hh_rlhf.jsonl"))
+    train = S.sc_dataset(cfg, None, 10, "train")
+    assert train and all(e.prompt.context.startswith("<|system|>\n</s>\n<|user|>\n") for e in train)  # no pirate system
+    assert train[0].target == "Give it a sunny window and water it when the top of the soil is dry."
+    gs, counts = S.dpo_std_groups(cfg, train)
+    assert counts["groups"] == len(gs) == len(train) and gs[0].chosen == train[0].target and len(gs[0].rejected) == 1
+    test = S.sc_dataset(cfg, None, 10, "test")
+    assert all("<|user|>" in e.prompt.context and e.prompt.context.count("<|user|>") == 1 for e in test)  # first turn only
+
+
+def _defaults():
+    return {k: ast.literal_eval(v["default"]) for k, v in pm.inspect_notebook(str(ROOT / "papers/self_contrast/reproduce.ipynb")).items()}
+
+
+def test_notebook_defaults_are_the_band_defaults():
+    assert S.SelfContrastConfig.from_params(_defaults()) == S.SelfContrastConfig()
+
+
+def test_configs_resolve_at_every_scale(tmp_path):
+    for scale in ("tiny", "small", "paper"):
+        (job,) = plan("self_contrast", scale, tmp_path)
+        S.SelfContrastConfig.from_params({**_defaults(), **job.parameters})
+    (paper,) = plan("self_contrast", "paper", tmp_path)
+    p = {**_defaults(), **paper.parameters}
+    assert (p["beta"], p["lr"], p["batch_size"] * p["grad_accum"], p["n_samples"], p["filter"], p["template"]) == \
+        (0.1, 5e-7, 128, 32, "lastdedup-75", "zephyr")
+
+
+def test_reproduce_self_contrast_tiny(tmp_path):
+    r = subprocess.run([str(BIN / "selfalign"), "reproduce", "self_contrast", "--scale", "tiny", "--out", str(tmp_path)],
+                       capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr[-3000:]
+    run = tmp_path / "self_contrast" / "main"
+    m = validate_metrics(json.loads((run / "metrics.json").read_text()))
+    assert [c["id"] for c in m["claims"]] == CLAIMS and all(c["value"] is not None for c in m["claims"])
+    assert [x["method"] for x in m["tables"]["figure"]] == ["SFT", "DPO_std", "SPIN", "SC k=1", "SC k=2", "SC k=4", "SC k=8", "SC k=16"]
+    assert [x["filter"] for x in m["tables"]["filters"]] == ["all", "alldedup", "lastdedup-25", "lastdedup-50", "lastdedup-75"]
+    assert all(0 <= x["win_vs_target"] <= 1 for x in m["tables"]["figure"])
+    assert {"self_contrast.png", "samples.jsonl", "results.json", "reproduce.ipynb"} <= {p.name for p in run.iterdir()}
