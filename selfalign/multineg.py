@@ -94,7 +94,7 @@ class MultiNegativeCollator(DataCollatorMixin):
             out["ref_rejected_logps"] = torch.tensor([e["ref_rejected_logps"] for e in examples], dtype=torch.float32)
         return out
 
-# %% ../nbs/41_multineg.ipynb #198c86e2
+# %% ../nbs/41_multineg.ipynb #b769625b
 def _tokenize_group(tok, eos: str, prompt: str, completions: Sequence[str]) -> tuple[list[int], list[list[int]]]:
     "TRL's pair tokenisation for one prompt and many completions: EOS appended, split where the token ids diverge."
     p_ids = _tokenize(tok, prompt)["input_ids"]
@@ -112,6 +112,11 @@ class MultiNegativeTrainer(PreferenceTrainer):
                                                                  max_length=a.max_length, pad_to_multiple_of=a.pad_to_multiple_of))
         kwargs.setdefault("loss", "multi_negative_dpo")
         super().__init__(*args, extra_columns=(), **kwargs)
+
+    def _get_train_sampler(self, train_dataset=None):
+        "The pair expansion's prompt order (same seed, one group per row): both ways see the same prompts in each step."
+        ds = train_dataset if train_dataset is not None else self.train_dataset
+        return PromptGroupedSampler([[i] for i in range(len(ds))], seed=self.args.seed)
 
     def _prepare_dataset(self, dataset, processing_class, args, dataset_name):
         eos = self._tokenizer.eos_token
