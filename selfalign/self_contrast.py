@@ -244,7 +244,7 @@ def evaluate_rows(cfg: SelfContrastConfig, models: dict, tokenizer, test: Sequen
                     for p, e, t, s, x in zip(prompts, test, texts, gold, wins)]
     return rows, samples
 
-# %% ../nbs/42_self_contrast.ipynb #b6ea2daf
+# %% ../nbs/42_self_contrast.ipynb #d7efaa0c
 def sc_claims(cfg: SelfContrastConfig, table: list[dict]) -> list[dict]:
     "The band's claims from its table."
     t = {r["method"]: r for r in table}
@@ -259,14 +259,14 @@ def sc_claims(cfg: SelfContrastConfig, table: list[dict]) -> list[dict]:
         out.append(make_claim("sc-more-negatives-help", f"win rate against the SFT target (by {by}) is higher with 16 negatives than with 1: "
                               "value = win(k=16) − win(k=1)", win("SC k=16") - win("SC k=1"), 0.0))
     if best is not None and "DPO_std" in t:
-        out.append(make_claim("sc-beats-dpo-std", f"the best k ({best['method']}) wins more often than DPO on the dataset's own pairs: "
+        out.append(make_claim("sc-beats-dpo-std", f"the best k ({best['method']}) wins more often than DPO on the dataset's own pairs (by {by}): "
                               "value = best − DPO_std", best["win_vs_target"] - win("DPO_std"), 0.0))
     if "SC k=16" in t:
         out.append(make_claim("sc-beats-sft", f"with 16 negatives the policy's response beats the SFT target more than half the time (by {by})",
                               win("SC k=16"), 0.5, ci95=t["SC k=16"]["win_ci95"]))
     a, b = row_name(cfg.filter, kA, cfg.filter), row_name("all", kA, cfg.filter)
     if cfg.filter == "lastdedup-75" and a in t and b in t:
-        out.append(make_claim("sc-filter-helps", f"lastdedup-75 negatives win at least as often as unfiltered ones (k={kA}): "
+        out.append(make_claim("sc-filter-helps", f"lastdedup-75 negatives win at least as often as unfiltered ones (k={kA}, by {by}): "
                               "value = win(lastdedup-75) − win(all)", win(a) - win(b), 0.0, inclusive=True))
     return out
 

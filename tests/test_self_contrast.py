@@ -106,3 +106,14 @@ def test_reproduce_self_contrast_tiny(tmp_path):
     assert [x["filter"] for x in m["tables"]["filters"]] == ["all", "alldedup", "lastdedup-25", "lastdedup-50", "lastdedup-75"]
     assert all(0 <= x["win_vs_target"] <= 1 for x in m["tables"]["figure"])
     assert {"self_contrast.png", "samples.jsonl", "results.json", "reproduce.ipynb"} <= {p.name for p in run.iterdir()}
+
+
+def test_reproduce_self_contrast_small_smoke(tmp_path):
+    "SmolLM2-135M + LoRA on the world's requests, MiniLM negatives, judged by the named proxy: runs end to end on a CPU."
+    r = subprocess.run([str(BIN / "selfalign"), "reproduce", "self_contrast", "--scale", "small", "--out", str(tmp_path)],
+                       capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr[-3000:]
+    m = validate_metrics(json.loads((tmp_path / "self_contrast" / "main" / "metrics.json").read_text()))
+    assert [x["method"] for x in m["tables"]["figure"]] == ["SFT", "DPO_std", "SPIN", "SC k=1", "SC k=2"]
+    assert all(x["kl"] != 0 for x in m["tables"]["figure"][1:])  # every trained row moved off the SFT model
+    assert m["claims"] and all("by the refusal-and-topicality proxy" in c["statement"] for c in m["claims"])
