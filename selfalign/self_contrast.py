@@ -15,10 +15,10 @@ from pathlib import Path
 from typing import Sequence
 
 # %% auto #0
-__all__ = ['BASELINES', 'TARGET_MIX', 'SelfContrastConfig', 'sc_render', 'response_sep', 'SCExample', 'sc_dataset',
-           'sample_candidates', 'make_embedder', 'similarities', 'negative_groups', 'dpo_std_groups', 'spin_groups',
-           'row_name', 'training_rows', 'train_rows', 'evaluate_rows', 'sc_claims', 'run_band', 'sc_tables',
-           'plot_self_contrast']
+__all__ = ['BASELINES', 'PROMPT_SETS', 'TARGET_MIX', 'SelfContrastConfig', 'sc_render', 'response_sep', 'SCExample', 'sc_dataset',
+           'load_nectar', 'load_ultrachat', 'sample_candidates', 'make_embedder', 'similarities', 'negative_groups',
+           'dpo_std_groups', 'spin_groups', 'row_name', 'training_rows', 'train_rows', 'evaluate_rows', 'sc_claims',
+           'run_band', 'sc_tables', 'plot_self_contrast']
 
 # %% ../nbs/42_self_contrast.ipynb #a8282891
 import numpy as np
@@ -32,16 +32,17 @@ from .negatives import CachedEmbedder, MiniLMEmbedder, UAEEmbedder, select_negat
 from .train import PreferenceStageConfig
 from . import world as W
 
-# %% ../nbs/42_self_contrast.ipynb #5930253b
+# %% ../nbs/42_self_contrast.ipynb #09b07044
 BASELINES = ("SFT", "DPO_std", "SPIN")
+PROMPT_SETS = ("world", "hh-rlhf", "nectar", "ultrachat")
 
 @dataclass(frozen=True)
 class SelfContrastConfig(StageConfig):
     "Everything the Self-Contrast band needs, for any scale."
     policy: str = "world:sft"  # the SFT model: "world:sft", "smollm2", or a folder / hub id
-    prompts: str = "world"  # "world" (requests with demonstrations) or "hh-rlhf" (chosen turns as targets)
-    pairs_files: str | None = None  # local hh-rlhf files in the hub's schema (prompts "hh-rlhf"; None: the hub)
-    template: str = "world"  # "world", "chat" (the tokenizer's chat template), "zephyr" (pinned, empty system) or "hh"
+    prompts: str = "world"  # "world" (requests with demonstrations), "hh-rlhf", "nectar" or "ultrachat"
+    pairs_files: str | None = None  # local files in the hub dataset's schema (None: the hub)
+    template: str = "world"  # "world", "chat" (tokenizer's), "zephyr" (pinned, empty system), "openchat" or "hh"
     judge: str = "oracle"  # "oracle" (world) or "proxy" (refusal-and-topicality, `nbs/11_evaluate`)
     embedder: str = "minilm"  # "minilm" (offline) or "uae" (UAE-Large-V1, CLS pooling; needs the hub)
     n_prompts: int = 192  # training prompts (each with its target)
@@ -69,8 +70,10 @@ class SelfContrastConfig(StageConfig):
     seed: int = 0  # the one seed
 
     def __post_init__(self):
-        if self.prompts not in ("world", "hh-rlhf"): raise ValueError(f"prompts must be 'world' or 'hh-rlhf', got {self.prompts!r}")
-        if self.template not in ("world", "chat", "zephyr", "hh"): raise ValueError(f"unknown template {self.template!r}")
+        if self.prompts not in PROMPT_SETS: raise ValueError(f"prompts must be one of {list(PROMPT_SETS)}, got {self.prompts!r}")
+        if self.template not in ("world", "chat", "zephyr", "openchat", "hh"): raise ValueError(f"unknown template {self.template!r}")
+        if self.prompts == "ultrachat" and "DPO_std" in self.baselines:
+            raise ValueError("ultrachat has no preference pairs of its own: drop DPO_std from baselines")
         if self.judge not in ("oracle", "proxy"): raise ValueError(f"judge must be oracle or proxy, got {self.judge!r}")
         if self.judge == "oracle" and self.prompts != "world": raise ValueError("the oracle judges world prompts only")
         if self.embedder not in ("minilm", "uae"): raise ValueError(f"embedder must be minilm or uae, got {self.embedder!r}")
@@ -86,7 +89,7 @@ class SelfContrastConfig(StageConfig):
         opt = ("pairs_files", "quantization")
         return cls.from_dict({k: (None if v == "" and k in opt else v) for k, v in params.items() if k in cls.__dataclass_fields__})
 
-# %% ../nbs/42_self_contrast.ipynb #08798dde
+# %% ../nbs/42_self_contrast.ipynb #7f2c222c
 TARGET_MIX = {**{k: v for k, v in W.SFT_MIX.items()},  # benign and borderline: the world's SFT demonstrations
               "harmful": [.50, .15, .12, .05, .06, .06, .06]}  # refusals mostly, as dataset "chosen" turns, some not
 
@@ -100,11 +103,14 @@ def sc_render(template: str, messages: Sequence[dict], tokenizer=None) -> str:
     if template == "zephyr":
         msgs = list(messages) if messages and messages[0]["role"] == "system" else [{"role": "system", "content": ""}, *messages]
         return CHAT_TEMPLATES["zephyr"].render(msgs, add_generation_prompt=True)
+    if template == "openchat":  # Nectar's format (the model's tokenizer needs `<|end_of_turn|>`)
+        role = {"user": "GPT4 Correct User", "assistant": "GPT4 Correct Assistant"}
+        return "".join(f"{role[m['role']]}: {m['content']}<|end_of_turn|>" for m in messages if m["role"] in role) + "GPT4 Correct Assistant:"
     return CHAT_TEMPLATES["hh"].render(list(messages), add_generation_prompt=True)
 
 def response_sep(template: str) -> str:
     "What goes between the rendered prompt and a response (the world and hh put one space after the assistant tag)."
-    return " " if template in ("world", "hh") else ""
+    return " " if template in ("world", "hh", "openchat") else ""
 
 @dataclass
 class SCExample:
@@ -123,6 +129,8 @@ def sc_dataset(cfg: SelfContrastConfig, tokenizer, n: int, split: str) -> list[S
             target = W.render_response(p, rng.choices(names, TARGET_MIX[p.kind])[0], rng)
             out.append(SCExample(BandPrompt(p.text, p.kind, sc_render(cfg.template, [{"role": "user", "content": p.text}], tokenizer)), target))
         return out
+    if cfg.prompts == "nectar": return load_nectar(cfg, tokenizer, n, split)
+    if cfg.prompts == "ultrachat": return load_ultrachat(cfg, tokenizer, n, split)
     from selfalign.corpora import load_hh_rlhf
     pairs, _ = load_hh_rlhf(data_files=cfg.pairs_files, split=split, limit=None if split == "train" else 4 * n)
     out = []
@@ -131,6 +139,51 @@ def sc_dataset(cfg: SelfContrastConfig, tokenizer, n: int, split: str) -> list[S
         if split == "test" and len(msgs) != 1: continue  # first turn only
         out.append(SCExample(BandPrompt(msgs[-1]["content"], "unknown", sc_render(cfg.template, msgs, tokenizer)),
                              pr.chosen.strip(), pr.rejected.strip()))
+        if len(out) == n: break
+    return out
+
+# %% ../nbs/42_self_contrast.ipynb #76f4ae9f
+def _hub_or_files(cfg: SelfContrastConfig, hub_id: str, split: str, limit: int | None):
+    from selfalign.corpora import _file_rows, _hub_rows
+    return _file_rows(cfg.pairs_files, split) if cfg.pairs_files else _hub_rows(hub_id, split, limit)
+
+def load_nectar(cfg: SelfContrastConfig, tokenizer, n: int, split: str) -> list[SCExample]:
+    "Nectar rows: rank-1 answer as the target, the worst-ranked as the dataset's rejected reply."
+    from selfalign.corpora import _fail, _field
+    skip = cfg.n_prompts if split == "test" else 0
+    out = []
+    for i, (where, row) in enumerate(_hub_or_files(cfg, "berkeley-nest/Nectar", "train", skip + n if not cfg.pairs_files else None)):
+        if i < skip: continue
+        prompt, answers = _field(row, "prompt", where), _field(row, "answers", where, (list,))
+        try: msgs = CHAT_TEMPLATES["hh"].parse(prompt.rstrip() if prompt.rstrip().endswith("Assistant:") else prompt)
+        except ValueError as e: _fail(where, "prompt", str(e))
+        ranked = []
+        for j, a in enumerate(answers):
+            if not isinstance(a, dict) or not isinstance(a.get("answer"), str) or not isinstance(a.get("rank"), (int, float)):
+                _fail(where, f"answers[{j}]", "expected an object with a string 'answer' and a numeric 'rank'")
+            ranked.append((a["rank"], a["answer"].strip()))
+        ranked = sorted(r for r in ranked if r[1])
+        if len(ranked) < 2 or not msgs or (split == "test" and len(msgs) != 1): continue
+        out.append(SCExample(BandPrompt(msgs[-1]["content"], "unknown", sc_render(cfg.template, msgs, tokenizer)), ranked[0][1], ranked[-1][1]))
+        if len(out) == n: break
+    return out
+
+def load_ultrachat(cfg: SelfContrastConfig, tokenizer, n: int, split: str) -> list[SCExample]:
+    "UltraChat rows: the conversation up to its last assistant turn, and that turn as the target."
+    from selfalign.corpora import _fail, _field
+    out = []
+    hub_split = "train_sft" if split == "train" else "test_sft"
+    for where, row in _hub_or_files(cfg, "HuggingFaceH4/ultrachat_200k", hub_split, None if cfg.pairs_files else 4 * n):
+        msgs = _field(row, "messages", where, (list,))
+        for j, m in enumerate(msgs):
+            if not isinstance(m, dict) or m.get("role") not in ("system", "user", "assistant") or not isinstance(m.get("content"), str):
+                _fail(where, f"messages[{j}]", "expected an object with role system/user/assistant and string content")
+        if split == "test": msgs = msgs[:2]
+        last = max((j for j, m in enumerate(msgs) if m["role"] == "assistant"), default=None)
+        if last is None or not msgs[last]["content"].strip() or not any(m["role"] == "user" for m in msgs[:last]): continue
+        ctx = msgs[:last]
+        user = [m for m in ctx if m["role"] == "user"][-1]["content"]
+        out.append(SCExample(BandPrompt(user, "unknown", sc_render(cfg.template, ctx, tokenizer)), msgs[last]["content"].strip()))
         if len(out) == n: break
     return out
 
@@ -169,11 +222,11 @@ def negative_groups(cfg: SelfContrastConfig, examples: Sequence[SCExample], outp
                                          meta={"text": e.prompt.text, "kind": e.prompt.kind}))
     return groups, {"mode": mode, "k": k, "prompts": len(examples), "groups": len(groups), "skipped": len(examples) - len(groups)}
 
-# %% ../nbs/42_self_contrast.ipynb #2697a999
+# %% ../nbs/42_self_contrast.ipynb #01c562f2
 def dpo_std_groups(cfg: SelfContrastConfig, examples: Sequence[SCExample]) -> tuple[list[MultiNegativeGroup], dict]:
     "The dataset's preference pairs as one-negative groups; counts."
     sep = response_sep(cfg.template)
-    if cfg.prompts == "hh-rlhf":
+    if cfg.prompts != "world":
         gs = [MultiNegativeGroup(e.prompt.context, sep + e.target, (sep + e.rejected,)) for e in examples if e.rejected]
         return gs, {"prompts": len(examples), "groups": len(gs), "ties_dropped": 0}
     gs, ties = [], 0

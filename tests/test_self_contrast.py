@@ -77,6 +77,35 @@ def test_hh_rlhf_targets_and_pairs_from_the_fixture():
     assert all("<|user|>" in e.prompt.context and e.prompt.context.count("<|user|>") == 1 for e in test)  # first turn only
 
 
+def test_nectar_targets_pairs_and_errors_from_the_fixture():
+    cfg = S.SelfContrastConfig(prompts="nectar", template="openchat", judge="proxy", n_prompts=2, pairs_files=str(FIXTURES / "nectar.jsonl"))
+    train = S.sc_dataset(cfg, None, 2, "train")
+    assert [e.target for e in train] == ["Give it a sunny window and water it when the soil is dry.", "11 is prime."]
+    assert train[0].rejected == "I don't know."  # the worst-ranked answer
+    assert train[1].prompt.context == ("GPT4 Correct User: Name a prime number.<|end_of_turn|>GPT4 Correct Assistant: 7.<|end_of_turn|>"
+                                       "GPT4 Correct User: Another one?<|end_of_turn|>GPT4 Correct Assistant:")
+    test = S.sc_dataset(cfg, None, 5, "test")  # rows after the first n_prompts, one answer rows skipped, first turns only
+    assert [e.prompt.text for e in test] == ["How many legs does a spider have?"]
+    gs, counts = S.dpo_std_groups(cfg, train)
+    assert counts["groups"] == 2 and gs[1].chosen == " 11 is prime." and gs[1].rejected == (" 9.",)
+    bad = cfg.replace(pairs_files=str(FIXTURES / "nectar_malformed.jsonl"))
+    with pytest.raises(DataError, match=r"nectar_malformed.jsonl.*2.*answers\[0\]"):
+        S.sc_dataset(bad, None, 5, "train")
+
+
+def test_ultrachat_targets_and_errors_from_the_fixture():
+    cfg = S.SelfContrastConfig(prompts="ultrachat", template="zephyr", judge="proxy", baselines=("SFT", "SPIN"),
+                               pairs_files=str(FIXTURES / "ultrachat.jsonl"))
+    train = S.sc_dataset(cfg, None, 5, "train")
+    assert [e.target for e in train] == ["It adds a smaller pull.", "Soft rain on the roof / ..."]  # the unanswered row skipped
+    assert train[0].prompt.context.endswith("<|user|>\nAnd the sun?</s>\n<|assistant|>\n") and "The moon's gravity" in train[0].prompt.context
+    assert S.sc_dataset(cfg, None, 5, "test")[0].target == "The moon's gravity pulls the oceans."  # first turn only
+    with pytest.raises(ValueError, match="no preference pairs"):
+        S.SelfContrastConfig(prompts="ultrachat", judge="proxy")
+    with pytest.raises(DataError, match=r"ultrachat_malformed.jsonl.*2.*messages\[0\]"):
+        S.sc_dataset(cfg.replace(pairs_files=str(FIXTURES / "ultrachat_malformed.jsonl")), None, 5, "train")
+
+
 def _defaults():
     return {k: ast.literal_eval(v["default"]) for k, v in pm.inspect_notebook(str(ROOT / "papers/self_contrast/reproduce.ipynb")).items()}
 
@@ -93,6 +122,10 @@ def test_configs_resolve_at_every_scale(tmp_path):
     p = {**_defaults(), **paper.parameters}
     assert (p["beta"], p["lr"], p["batch_size"] * p["grad_accum"], p["n_samples"], p["filter"], p["template"]) == \
         (0.1, 5e-7, 128, 32, "lastdedup-75", "zephyr")
+    for overlay in sorted((ROOT / "papers/self_contrast/overlays").glob("*.yaml")):
+        (job,) = plan("self_contrast", "paper", tmp_path, files=[overlay])
+        cfg = S.SelfContrastConfig.from_params({**_defaults(), **job.parameters})
+        assert cfg.batch_size * cfg.grad_accum == 128, overlay.name  # the paper's prompts per step
 
 
 def test_reproduce_self_contrast_tiny(tmp_path):
