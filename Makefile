@@ -8,7 +8,7 @@ export HF_HUB_OFFLINE ?= 1
 export HF_DATASETS_OFFLINE ?= 1
 export TOKENIZERS_PARALLELISM ?= false
 
-.PHONY: install install-small install-gpu reproduce test export clean-nbs bench help
+.PHONY: install install-small install-gpu reproduce test lab export clean-nbs bench help
 
 help:  ## list targets
 	@grep -E '^[a-z-]+:.*##' $(MAKEFILE_LIST) | sed 's/:.*##/ —/'
@@ -43,6 +43,9 @@ reproduce: install  ## the main job: every paper at the tiny scale, into runs/
 
 test: install install-small  ## the test suite (executes every notebook)
 	$(BIN)/python -m pytest
+
+lab: install  ## JupyterLab on localhost with the `selfalign` kernel (open nbs/ or papers/)
+	$(BIN)/jupyter lab --ip=127.0.0.1 --no-browser --ServerApp.root_dir=$(CURDIR)
 
 export: install  ## notebooks -> selfalign/ (nbdev-export), then strip notebook noise
 	$(BIN)/nbdev-export

@@ -146,19 +146,24 @@ def run_job(job: Job, kernel: str | None = None, progress: bool = False) -> tupl
 def reproduce(args) -> int:
     overrides = {k: _parse_value(v) for k, v in (args.param or [])}
     jobs = plan(args.paper, args.scale, Path(args.out), args.config, [Path(f) for f in args.file or []], overrides)
+    from .report import RunRecord, write_report
     tty = sys.stderr.isatty()
-    failed = []
+    failed, records = [], []
     for i, job in enumerate(jobs, 1):
         label = f"[{i}/{len(jobs)}] {job.paper}/{job.config} ({args.scale})"
         if tty: print(f"{label} running …", file=sys.stderr, flush=True)
         ok, secs, err = run_job(job, kernel=args.kernel, progress=tty)
         status = "ok" if ok else "FAILED"
         print(f"{label} {status} in {secs:.1f}s → {job.out_dir}", file=sys.stderr, flush=True)
+        records.append(RunRecord(job.paper, job.config, args.scale, job.out_dir, ok, secs,
+                                 err.splitlines()[0] if err else "", job.notebook.name))
         if not ok:
             failed.append(job)
             print(f"    {err.splitlines()[0] if err else ''}\n    executed copy kept: {job.out_dir / job.notebook.name}",
                   file=sys.stderr)
+    md, page = write_report(args.out, records)
     print(f"outputs: {Path(args.out).resolve()}")
+    print(f"report: {md}  (and {page.name}: open it in a browser)")
     if failed:
         print(f"{len(failed)} of {len(jobs)} notebook(s) failed: " + ", ".join(f"{j.paper}/{j.config}" for j in failed),
               file=sys.stderr)

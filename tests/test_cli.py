@@ -85,10 +85,21 @@ def test_failing_notebook_is_reported_and_others_still_run(tmp_path, monkeypatch
     monkeypatch.setenv("SELFALIGN_PAPERS", str(papers))
     out = tmp_path / "runs"
     assert main(["reproduce", "all", "--out", str(out)]) == 1
-    err = capsys.readouterr().err
+    captured = capsys.readouterr()
+    err = captured.err
+    assert f"report: {out.resolve() / 'REPORT.md'}" in captured.out
     assert "aaa_broken/demo (tiny) FAILED" in err and "boom in the experiment" in err
     assert (out / "aaa_broken" / "demo" / "reproduce.ipynb").exists()  # executed copy kept for inspection
     assert (out / "bbb_ok" / "demo" / "metrics.json").exists()
+    # the report: every claim in one table, the failure with where its executed copy is, figures linked
+    report = (out / "REPORT.md").read_text()
+    claim = json.loads((out / "bbb_ok" / "demo" / "metrics.json").read_text())["claims"][0]
+    row = next(l for l in report.splitlines() if l.startswith("| bbb_ok | demo | " + claim["id"]))
+    assert f"{claim['value']:.4g}" in row and ("**yes**" if claim["holds"] else "| no |") in row
+    assert "**FAILED**" in report and "boom in the experiment" in report and "aaa_broken/demo/reproduce.ipynb" in report
+    assert "![rate](bbb_ok/demo/rate.png)" in report
+    page = (out / "report.html").read_text()
+    assert page.startswith("<!doctype html>") and '<img src="bbb_ok/demo/rate.png"' in page and "boom in the experiment" in page
 
 
 def test_every_paper_notebook_documents_typed_parameters():
