@@ -361,7 +361,7 @@ def run_band(cfg: SelfContrastConfig, out: str | Path, progress=print, generator
     RunDir(out).write_jsonl("samples.jsonl", samples)
     return res
 
-# %% ../nbs/42_self_contrast.ipynb #19e70043
+# %% ../nbs/42_self_contrast.ipynb #6f18bd99
 def sc_tables(cfg: SelfContrastConfig, res: dict) -> dict:
     "Rounded rows: the figure's (k sweep with baselines) and the filter ablation's."
     r4 = lambda v: [round(x, 4) for x in v] if isinstance(v, list) else (round(v, 4) if isinstance(v, float) else v)
@@ -389,7 +389,7 @@ def plot_self_contrast(cfg: SelfContrastConfig, res: dict):
         s = t["SPIN"]; ax.errorbar([1], [s["win_vs_target"]], yerr=[[s["win_vs_target"] - s["win_ci95"][0]], [s["win_ci95"][1] - s["win_vs_target"]]],
                                    fmt="s", c="#55a868", capsize=3, label="SPIN (iter 0)")
     ax.set_xscale("log", base=2); ax.set_xticks(ks, [str(k) for k in ks]); ax.set_xlabel("negatives per prompt (k)")
-    ax.set_ylabel("win rate vs SFT target"); ax.legend(fontsize=8, loc="best"); ax.set_title("more negatives", fontsize=10)
+    ax.set_ylabel("win rate vs SFT target"); ax.legend(fontsize=7, loc="upper left", ncol=2, framealpha=0.8); ax.set_title("more negatives", fontsize=10)
     abl = [(m, t[row_name(m, cfg.ablation_k, cfg.filter)]) for m in cfg.filters if row_name(m, cfg.ablation_k, cfg.filter) in t]
     if abl:
         bx.bar([m for m, _ in abl], [r["win_vs_target"] for _, r in abl], color="#dd8452", capsize=3,
