@@ -20,11 +20,11 @@ __all__ = ['BASELINES', 'PROMPT_SETS', 'TARGET_MIX', 'SelfContrastConfig', 'sc_r
            'dpo_std_groups', 'spin_groups', 'row_name', 'training_rows', 'train_rows', 'evaluate_rows', 'sc_claims',
            'run_band', 'sc_tables', 'plot_self_contrast']
 
-# %% ../nbs/42_self_contrast.ipynb #a8282891
+# %% ../nbs/42_self_contrast.ipynb #0adb98ab
 import numpy as np
 from .core import RunDir, StageConfig, atomic_write_json, make_claim, seed_everything
 from .data import CHAT_TEMPLATES, DataError, MultiNegativeGroup
-from .dpo import BandPrompt, _lora, judge_scores, load_policy, prefer_by_scores
+from .dpo import BandPrompt, _aspect_rates, _lora, judge_scores, load_policy, prefer_by_scores
 from .evaluate import estimate, kl_on_samples, sample_policy
 from .generate import HFGenerator, SamplingParams, generate_to_shards, read_shards
 from .multineg import run_multi_negative
@@ -275,10 +275,9 @@ def train_rows(cfg: SelfContrastConfig, data: dict[str, list[MultiNegativeGroup]
         trained[name] = (r.model, r)
     return trained
 
-# %% ../nbs/42_self_contrast.ipynb #90a2d7c8
+# %% ../nbs/42_self_contrast.ipynb #6104375b
 def evaluate_rows(cfg: SelfContrastConfig, models: dict, tokenizer, test: Sequence[SCExample], progress=print) -> tuple[list[dict], list[dict]]:
     "One row per model (its name → win rate against the targets with a 95% CI, gold, KL), and the samples."
-    from selfalign.dpo import _aspect_rates
     prompts = [e.prompt for e in test]
     tgold = judge_scores(cfg, prompts, [e.target for e in test])
     kw = dict(temperature=cfg.temperature, max_new_tokens=cfg.max_new_tokens, seed=cfg.seed + 7, batch_size=cfg.gen_batch_size)
@@ -297,18 +296,17 @@ def evaluate_rows(cfg: SelfContrastConfig, models: dict, tokenizer, test: Sequen
                     for p, e, t, s, x in zip(prompts, test, texts, gold, wins)]
     return rows, samples
 
-# %% ../nbs/42_self_contrast.ipynb #d7efaa0c
+# %% ../nbs/42_self_contrast.ipynb #8d87765c
 def sc_claims(cfg: SelfContrastConfig, table: list[dict]) -> list[dict]:
     "The band's claims from its table."
     t = {r["method"]: r for r in table}
     win = lambda m: t[m]["win_vs_target"] if m in t else None
     by = "the oracle" if cfg.judge == "oracle" else "the refusal-and-topicality proxy"
-    lo, hi = min(cfg.ks), max(cfg.ks)
     sc = [r for r in table if r["method"] in {row_name(cfg.filter, k, cfg.filter) for k in cfg.ks}]
     best = max(sc, key=lambda r: r["win_vs_target"]) if sc else None
     kA = cfg.ablation_k
     out = []
-    if hi == 16 and lo == 1 and f"SC k=16" in t and "SC k=1" in t:
+    if "SC k=16" in t and "SC k=1" in t:
         out.append(make_claim("sc-more-negatives-help", f"win rate against the SFT target (by {by}) is higher with 16 negatives than with 1: "
                               "value = win(k=16) − win(k=1)", win("SC k=16") - win("SC k=1"), 0.0))
     if best is not None and "DPO_std" in t:
