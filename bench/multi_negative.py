@@ -40,7 +40,8 @@ from selfalign.data import MultiNegativeGroup
 from selfalign.generate import HFGenerator, SamplingParams
 from selfalign.models import LoraSpec, load_smollm2
 from selfalign.multineg import run_multi_negative
-from selfalign.self_contrast import response_sep, sc_render
+from selfalign.dpo import response_sep
+from selfalign.self_contrast import sc_render
 from selfalign.train import PreferenceStageConfig
 from selfalign import world as W
 from selfalign.worldmodels import load_world_model

@@ -25,7 +25,8 @@ import torch
 from transformers.utils import logging as hf_logging
 
 from selfalign.core import atomic_write_json, env_info
-from selfalign.dlma import CONTRASTS, contrast_for, render_affixed, response_sep, self_reward_margins
+from selfalign.dlma import CONTRASTS, contrast_for, render_affixed, self_reward_margins
+from selfalign.dpo import response_sep
 from selfalign.models import load_smollm2
 from selfalign import world as W
 from selfalign.worldmodels import load_world_model

@@ -12,17 +12,17 @@ from pathlib import Path
 from typing import Sequence
 
 # %% auto #0
-__all__ = ['CONTRASTS', 'METHODS', 'Contrast', 'load_contrasts', 'contrast_for', 'render_affixed', 'response_sep',
-           'DLMABandConfig', 'dlma_prompts', 'contrastive_generate', 'self_reward_margins', 'rlaif_labels',
-           'gold_labels', 'label_accuracy', 'train_methods', 'evaluate_methods', 'dlma_claims', 'run_band',
-           'dlma_tables', 'plot_dlma']
+__all__ = ['CONTRASTS', 'METHODS', 'Contrast', 'load_contrasts', 'contrast_for', 'render_affixed', 'DLMABandConfig',
+           'dlma_prompts', 'contrastive_generate', 'self_reward_margins', 'rlaif_labels', 'gold_labels',
+           'label_accuracy', 'train_methods', 'evaluate_methods', 'dlma_claims', 'run_band', 'dlma_tables', 'plot_dlma']
 
-# %% ../nbs/20_dlma.ipynb #fa066786
+# %% ../nbs/20_dlma.ipynb #e0d70fc9
 import numpy as np
 import torch
 from .core import StageConfig, atomic_write_json, make_claim, seed_everything, RunDir
 from .data import CHAT_TEMPLATES, DataError, PreferencePair, SFTExample, render_prompt
-from .dpo import BandPrompt, band_prompts, judge_scores, load_policy, prefer_by_scores, _aspect_rates, _lora
+from .dpo import (BandPrompt, band_prompts, config_from_params, judge_scores, load_policy, prefer_by_scores,
+                           response_sep, round_rows, _aspect_rates, _lora)
 from .evaluate import estimate, kl_on_samples, sample_policy
 from .generate import HFGenerator, SamplingParams, generate_to_shards, read_shards
 from .logps import completion_logps
@@ -58,7 +58,7 @@ def contrast_for(kind: str) -> str:
     "The contrast used for a request of this kind: harmless for harmful requests, helpful for the rest."
     return "harmless" if kind == "harmful" else "helpful"
 
-# %% ../nbs/20_dlma.ipynb #12f5d292
+# %% ../nbs/20_dlma.ipynb #8e38a745
 def render_affixed(template: str,  # "world", "safe_rlhf" or "chat"
                    text: str,  # the user's request
                    affix: str | None,  # None: the neutral prompt
@@ -75,11 +75,7 @@ def render_affixed(template: str,  # "world", "safe_rlhf" or "chat"
         return tokenizer.apply_chat_template(msgs, tokenize=False, add_generation_prompt=True)
     raise ValueError(f"unknown template {template!r}: 'world', 'safe_rlhf' or 'chat'")
 
-def response_sep(template: str) -> str:
-    "What separates a prompt from its response: one space in the world and safe-rlhf formats, nothing after a chat turn."
-    return "" if template == "chat" else " "
-
-# %% ../nbs/20_dlma.ipynb #4fdb6519
+# %% ../nbs/20_dlma.ipynb #04caa70d
 METHODS = ("SFT", "CD", "RLCD", "RLAIF", "RLHF", "DLMA")
 
 @dataclass(frozen=True)
@@ -128,8 +124,7 @@ class DLMABandConfig(StageConfig):
     @classmethod
     def from_params(cls, params: dict) -> DLMABandConfig:
         "The config from a paper notebook's parameters (other names ignored; \"\" means None for optional fields)."
-        opt = ("pairs_files", "quantization", "contrasts_file")
-        return cls.from_dict({k: (None if v == "" and k in opt else v) for k, v in params.items() if k in cls.__dataclass_fields__})
+        return config_from_params(cls, params, ("pairs_files", "quantization", "contrasts_file"))
 
 # %% ../nbs/20_dlma.ipynb #b6b5b9df
 def dlma_prompts(cfg: DLMABandConfig, tokenizer, n: int, split: str) -> list[BandPrompt]:
@@ -340,12 +335,10 @@ def run_band(cfg: DLMABandConfig, out: str | Path, progress=print) -> dict:
     RunDir(out).write_jsonl("samples.jsonl", samples)
     return res
 
-# %% ../nbs/20_dlma.ipynb #b140d813
+# %% ../nbs/20_dlma.ipynb #5a660c8d
 def dlma_tables(res: dict) -> dict:
     "Rounded rows for `metrics.json`: labelling accuracy, main table, ablations."
-    r4 = lambda v: [round(x, 4) for x in v] if isinstance(v, list) else (round(v, 4) if isinstance(v, float) else v)
-    clean = lambda rows: [{k: r4(v) for k, v in r.items()} for r in rows]
-    return {"label_accuracy": clean(res["label_accuracy"]), "main": clean(res["main"]), "ablations": clean(res["ablations"])}
+    return {k: round_rows(res[k]) for k in ("label_accuracy", "main", "ablations")}
 
 def plot_dlma(res: dict):
     "Label accuracy per labeller, and gold reward and win rate per method (95% CIs)."

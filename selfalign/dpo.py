@@ -12,9 +12,9 @@ from pathlib import Path
 from typing import Sequence
 
 # %% auto #0
-__all__ = ['PROXY_TIE', 'DPOBandConfig', 'load_policy', 'BandPrompt', 'band_prompts', 'judge_scores', 'prefer_by_scores',
-           'sampled_pairs', 'dataset_pairs', 'train_phases', 'evaluate_band', 'training_curves', 'dpo_claims',
-           'run_band', 'band_tables', 'plot_frontier', 'plot_curves']
+__all__ = ['PROXY_TIE', 'DPOBandConfig', 'config_from_params', 'load_policy', 'BandPrompt', 'band_prompts', 'judge_scores',
+           'prefer_by_scores', 'response_sep', 'sampled_pairs', 'dataset_pairs', 'train_phases', 'evaluate_band',
+           'training_curves', 'dpo_claims', 'run_band', 'round_rows', 'band_tables', 'plot_frontier', 'plot_curves']
 
 # %% ../nbs/12_dpo.ipynb #7cb0a3e5
 import numpy as np
@@ -29,7 +29,7 @@ from .train import (PreferenceStageConfig, RewardStageConfig, SFTStageConfig, ph
 from . import world as W
 from .worldmodels import load_world_model
 
-# %% ../nbs/12_dpo.ipynb #75096445
+# %% ../nbs/12_dpo.ipynb #afcac1fe
 @dataclass(frozen=True)
 class DPOBandConfig(StageConfig):
     "Everything the DPO band needs, for any scale."
@@ -73,11 +73,13 @@ class DPOBandConfig(StageConfig):
     @classmethod
     def from_params(cls, params: dict) -> DPOBandConfig:
         "The config from a paper notebook's parameters: other names are ignored, \"\" means None for optional fields."
-        names = {f for f in cls.__dataclass_fields__}
-        return cls.from_dict({k: (None if v == "" and k in ("pairs_files", "quantization") else v)
-                              for k, v in params.items() if k in names})
+        return config_from_params(cls, params)
 
-# %% ../nbs/12_dpo.ipynb #73ab2c3a
+def config_from_params(cls: type, params: dict, optional: Sequence[str] = ("pairs_files", "quantization")):
+    "A band config of class `cls` from a paper notebook's parameters: other names are ignored, \"\" means None in `optional` fields."
+    return cls.from_dict({k: (None if v == "" and k in optional else v) for k, v in params.items() if k in cls.__dataclass_fields__})
+
+# %% ../nbs/12_dpo.ipynb #d77504df
 def load_policy(spec: str,  # "world:<sft|base-large|base-small>", "smollm2", or a folder / hub id
                 dtype: str = "fp32",  # model dtype
                 **kwargs,  # `lora`, `quantization`, ... for `load_model`
@@ -123,6 +125,10 @@ def prefer_by_scores(cfg: DPOBandConfig, a, b) -> np.ndarray:
     d = np.asarray(a, float) - np.asarray(b, float)
     tol = {"oracle": 1e-9, "proxy": PROXY_TIE}.get(cfg.judge, 0.0)
     return np.where(np.abs(d) < tol, 0, np.sign(d)).astype(int)
+
+def response_sep(template: str) -> str:
+    "What separates a rendered prompt from its response: nothing after a chat turn (chat, zephyr), else one space."
+    return "" if template in ("chat", "zephyr") else " "
 
 def _proxy_kind(p: BandPrompt) -> str: return "harmful" if p.kind == "harmful" else "benign"
 
@@ -300,14 +306,19 @@ def run_band(cfg: DPOBandConfig, out: str | Path, progress=print) -> dict:
     RunDir(out).write_jsonl("samples.jsonl", ev["samples"])
     return res
 
-# %% ../nbs/12_dpo.ipynb #557abd59
+# %% ../nbs/12_dpo.ipynb #5d5453ea
+def round_rows(rows: Sequence[dict], digits: int = 4) -> list[dict]:
+    "Rows with their floats (also those inside lists) rounded, for `metrics.json`."
+    r = lambda v: round(v, digits) if isinstance(v, float) else v
+    return [{k: (list(map(r, v)) if isinstance(v, list) else r(v)) for k, v in row.items()} for row in rows]
+
 def band_tables(res: dict, table_betas: Sequence[float] = (0.1, 0.3)) -> dict:
     "The band's tables: every policy, best-of-N, and the win-rate table for `table_betas`."
     r3 = lambda v: round(v, 4) if isinstance(v, float) else v
-    main = [{k: (list(map(r3, v)) if isinstance(v, list) else r3(v)) for k, v in r.items()} for r in res["policies"]]
+    main = round_rows(res["policies"])
     wins = [{"beta": r["beta"], "win_vs_sft": r3(r["win_vs_sft"]), "ci95_lo": r3(r["win_ci95"][0]), "ci95_hi": r3(r["win_ci95"][1]),
              "n": r["n"]} for r in res["policies"] if r["beta"] in tuple(table_betas)]
-    bon = [{k: (list(map(r3, v)) if isinstance(v, list) else r3(v)) for k, v in b.items()} for b in res["best_of_n"]]
+    bon = round_rows(res["best_of_n"])
     rm = [{"rm_accuracy": r3(res["rm_accuracy"]), "ci95_lo": r3(res["rm_accuracy_ci95"][0]),
            "ci95_hi": r3(res["rm_accuracy_ci95"][1]), "n": res["rm_eval_pairs"]}]
     return {"policies": main, "win_rate": wins, "best_of_n": bon, "reward_model": rm}

@@ -17,7 +17,7 @@ from typing import Sequence
 __all__ = ['PromptGroupedSampler', 'prompt_groups', 'GroupedPreferenceTrainer', 'MultiNegativeCollator', 'MultiNegativeTrainer',
            'run_multi_negative']
 
-# %% ../nbs/41_multineg.ipynb #bfacdbc5
+# %% ../nbs/41_multineg.ipynb #d564c1a6
 import torch
 from datasets import Dataset
 from torch.utils.data import Sampler
@@ -27,7 +27,6 @@ from trl.trainer.dpo_trainer import is_peft_model, use_adapter, disable_gradient
 from transformers.data.data_collator import DataCollatorMixin
 from .core import seed_everything
 from .data import DataError, MultiNegativeGroup, expand_groups
-from .losses import multi_negative_dpo_loss
 from .train import (PreferenceStageConfig, PreferenceTrainer, StageResult, _as_model, _fit, _pair_columns,
                              _quiet_when_piped, _records, _run, _trl_args)
 
@@ -163,7 +162,7 @@ class MultiNegativeTrainer(PreferenceTrainer):
         loss = losses.mean()
         return (loss, None) if return_outputs else loss
 
-# %% ../nbs/41_multineg.ipynb #288b8a31
+# %% ../nbs/41_multineg.ipynb #6b69214a
 def run_multi_negative(cfg: PreferenceStageConfig,  # the stage config; `batch_size` × `gradient_accumulation_steps` = prompts per step
                        model,  # the policy (a causal LM or its folder); its initial weights are the reference
                        tokenizer,  # its tokenizer (has a pad token)
@@ -177,39 +176,32 @@ def run_multi_negative(cfg: PreferenceStageConfig,  # the stage config; `batch_s
     t0 = time.perf_counter(); seed_everything(cfg.seed); _quiet_when_piped()
     rows, counts = _fit(_records(groups, MultiNegativeGroup, "groups"), tokenizer, cfg.max_length,
                         lambda g: (g.prompt, (g.chosen, *g.rejected)), "negative groups")
-    ks = {len(g.rejected) for g in rows}
+    ks = sorted({len(g.rejected) for g in rows})
     policy = _as_model(model)
     if not cfg.precompute_ref and ref_model is None:
         if not isinstance(model, (str, Path)): raise ValueError("precompute_ref=False needs `ref_model` (or pass the policy as a folder)")
         ref_model = model
     ref = _as_model(ref_model) if ref_model is not None and not cfg.precompute_ref else None
-    if mode == "pairs":
-        if len(ks) != 1: raise DataError(f"pair expansion needs the same number of negatives in every group; found {sorted(ks)}")
-        k = ks.pop()
-        args = _trl_args(cfg.replace(gradient_accumulation_steps=cfg.gradient_accumulation_steps * k), DPOConfig, beta=cfg.beta,
-                         precompute_ref_log_probs=cfg.precompute_ref, dataset_num_proc=None, truncation_mode="keep_start")
-        cols = _pair_columns(expand_groups(rows), None, "negative groups")
-        trainer = GroupedPreferenceTrainer(model=policy, ref_model=ref, args=args, train_dataset=Dataset.from_dict(cols),
-                                           processing_class=tokenizer, loss="dpo", loss_kwargs=dict(beta=cfg.beta), extra_columns=())
-    else:
-        args = _trl_args(cfg, DPOConfig, beta=cfg.beta, precompute_ref_log_probs=cfg.precompute_ref, dataset_num_proc=None,
-                         truncation_mode="keep_start")
-        cols = {"prompt": [g.prompt for g in rows], "chosen": [g.chosen for g in rows], "rejected": [list(g.rejected) for g in rows]}
-        trainer = MultiNegativeTrainer(model=policy, ref_model=ref, args=args, train_dataset=Dataset.from_dict(cols),
-                                       processing_class=tokenizer, loss_kwargs=dict(beta=cfg.beta))
-    counts = {**counts, "negatives": sorted({len(g.rejected) for g in rows}), "mode": mode}
-    return _run(trainer, cfg, counts, resume_from, t0)
+    if mode == "pairs" and len(ks) != 1:
+        raise DataError(f"pair expansion needs the same number of negatives in every group; found {ks}")
+    trainer = _make_trainer(cfg, mode, policy, ref, tokenizer, rows)
+    return _run(trainer, cfg, {**counts, "negatives": ks, "mode": mode}, resume_from, t0)
 
-# %% ../nbs/41_multineg.ipynb #5d5fbe38
+def _make_trainer(cfg: PreferenceStageConfig, mode: str, policy, ref, tokenizer, groups: Sequence[MultiNegativeGroup]):
+    "The trainer of `mode` over `groups`; in pairs mode gradient accumulation is multiplied by k (groups of equal size)."
+    ga = cfg.gradient_accumulation_steps * (len(groups[0].rejected) if mode == "pairs" else 1)
+    args = _trl_args(cfg.replace(gradient_accumulation_steps=ga), DPOConfig, beta=cfg.beta, precompute_ref_log_probs=cfg.precompute_ref,
+                     dataset_num_proc=None, truncation_mode="keep_start")
+    kw = dict(model=policy, ref_model=ref, args=args, processing_class=tokenizer, loss_kwargs=dict(beta=cfg.beta))
+    if mode == "pairs":
+        cols = _pair_columns(expand_groups(groups), None, "negative groups")
+        return GroupedPreferenceTrainer(train_dataset=Dataset.from_dict(cols), loss="dpo", extra_columns=(), **kw)
+    cols = {"prompt": [g.prompt for g in groups], "chosen": [g.chosen for g in groups], "rejected": [list(g.rejected) for g in groups]}
+    return MultiNegativeTrainer(train_dataset=Dataset.from_dict(cols), **kw)
+
+# %% ../nbs/41_multineg.ipynb #cc440ef9
 def _trainer_for(mode: str, model, ref_model, tokenizer, groups, beta: float = 0.1, max_length: int = 256):
     "A trainer of either kind over `groups` (for inspection and tests; no training)."
     cfg = PreferenceStageConfig(output_dir=tempfile.mkdtemp(), max_steps=1, beta=beta, batch_size=1, max_length=max_length,
                                 precompute_ref=False, save_steps=0)
-    args = _trl_args(cfg, DPOConfig, beta=beta, precompute_ref_log_probs=False, dataset_num_proc=None, truncation_mode="keep_start")
-    if mode == "pairs":
-        return GroupedPreferenceTrainer(model=model, ref_model=ref_model, args=args, processing_class=tokenizer, extra_columns=(),
-                                        train_dataset=Dataset.from_dict(_pair_columns(expand_groups(groups), None, "groups")),
-                                        loss="dpo", loss_kwargs=dict(beta=beta))
-    cols = {"prompt": [g.prompt for g in groups], "chosen": [g.chosen for g in groups], "rejected": [list(g.rejected) for g in groups]}
-    return MultiNegativeTrainer(model=model, ref_model=ref_model, args=args, processing_class=tokenizer,
-                                train_dataset=Dataset.from_dict(cols), loss_kwargs=dict(beta=beta))
+    return _make_trainer(cfg, mode, model, ref_model, tokenizer, groups)

@@ -15,24 +15,25 @@ from pathlib import Path
 from typing import Sequence
 
 # %% auto #0
-__all__ = ['BASELINES', 'PROMPT_SETS', 'TARGET_MIX', 'SelfContrastConfig', 'sc_render', 'response_sep', 'SCExample', 'sc_dataset',
-           'load_nectar', 'load_ultrachat', 'sample_candidates', 'make_embedder', 'similarities', 'negative_groups',
-           'dpo_std_groups', 'spin_groups', 'row_name', 'training_rows', 'train_rows', 'evaluate_rows', 'sc_claims',
-           'run_band', 'sc_tables', 'plot_self_contrast']
+__all__ = ['BASELINES', 'PROMPT_SETS', 'TARGET_MIX', 'SelfContrastConfig', 'sc_render', 'SCExample', 'sc_dataset', 'load_nectar',
+           'load_ultrachat', 'sample_candidates', 'make_embedder', 'similarities', 'negative_groups', 'dpo_std_groups',
+           'spin_groups', 'row_name', 'training_rows', 'train_rows', 'evaluate_rows', 'sc_claims', 'run_band',
+           'sc_tables', 'plot_self_contrast']
 
-# %% ../nbs/42_self_contrast.ipynb #0adb98ab
+# %% ../nbs/42_self_contrast.ipynb #6fe42c35
 import numpy as np
 from .core import RunDir, StageConfig, atomic_write_json, make_claim, seed_everything
 from .data import CHAT_TEMPLATES, DataError, MultiNegativeGroup
-from .dpo import BandPrompt, _aspect_rates, _lora, judge_scores, load_policy, prefer_by_scores
+from .dpo import (BandPrompt, _aspect_rates, _lora, config_from_params, judge_scores, load_policy, prefer_by_scores,
+                           response_sep, round_rows)
 from .evaluate import estimate, kl_on_samples, sample_policy
 from .generate import HFGenerator, SamplingParams, generate_to_shards, read_shards
 from .multineg import run_multi_negative
-from .negatives import CachedEmbedder, MiniLMEmbedder, UAEEmbedder, select_negatives, target_similarities
+from .negatives import CachedEmbedder, MiniLMEmbedder, UAEEmbedder, select_negatives
 from .train import PreferenceStageConfig
 from . import world as W
 
-# %% ../nbs/42_self_contrast.ipynb #09b07044
+# %% ../nbs/42_self_contrast.ipynb #8b63a25f
 BASELINES = ("SFT", "DPO_std", "SPIN")
 PROMPT_SETS = ("world", "hh-rlhf", "nectar", "ultrachat")
 
@@ -86,10 +87,9 @@ class SelfContrastConfig(StageConfig):
     @classmethod
     def from_params(cls, params: dict) -> SelfContrastConfig:
         "The config from a paper notebook's parameters (other names ignored; \"\" means None for optional fields)."
-        opt = ("pairs_files", "quantization")
-        return cls.from_dict({k: (None if v == "" and k in opt else v) for k, v in params.items() if k in cls.__dataclass_fields__})
+        return config_from_params(cls, params)
 
-# %% ../nbs/42_self_contrast.ipynb #7f2c222c
+# %% ../nbs/42_self_contrast.ipynb #c6bee53e
 TARGET_MIX = {**{k: v for k, v in W.SFT_MIX.items()},  # benign and borderline: the world's SFT demonstrations
               "harmful": [.50, .15, .12, .05, .06, .06, .06]}  # refusals mostly, as dataset "chosen" turns, some not
 
@@ -107,10 +107,6 @@ def sc_render(template: str, messages: Sequence[dict], tokenizer=None) -> str:
         role = {"user": "GPT4 Correct User", "assistant": "GPT4 Correct Assistant"}
         return "".join(f"{role[m['role']]}: {m['content']}<|end_of_turn|>" for m in messages if m["role"] in role) + "GPT4 Correct Assistant:"
     return CHAT_TEMPLATES["hh"].render(list(messages), add_generation_prompt=True)
-
-def response_sep(template: str) -> str:
-    "What goes between the rendered prompt and a response (the world and hh put one space after the assistant tag)."
-    return " " if template in ("world", "hh", "openchat") else ""
 
 @dataclass
 class SCExample:
@@ -359,16 +355,14 @@ def run_band(cfg: SelfContrastConfig, out: str | Path, progress=print, generator
     RunDir(out).write_jsonl("samples.jsonl", samples)
     return res
 
-# %% ../nbs/42_self_contrast.ipynb #6f18bd99
+# %% ../nbs/42_self_contrast.ipynb #ac737c75
 def sc_tables(cfg: SelfContrastConfig, res: dict) -> dict:
     "Rounded rows: the figure's (k sweep with baselines) and the filter ablation's."
-    r4 = lambda v: [round(x, 4) for x in v] if isinstance(v, list) else (round(v, 4) if isinstance(v, float) else v)
-    clean = lambda rows: [{k: r4(v) for k, v in r.items()} for r in rows]
     t = {r["method"]: r for r in res["table"]}
     fig = [t[n] for n in [*(b for b in BASELINES if b in t), *(row_name(cfg.filter, k, cfg.filter) for k in cfg.ks)] if n in t]
     abl = [{**t[row_name(m, cfg.ablation_k, cfg.filter)], "filter": m, "skipped": res["counts"][row_name(m, cfg.ablation_k, cfg.filter)]["skipped"]}
            for m in cfg.filters if row_name(m, cfg.ablation_k, cfg.filter) in t]
-    return {"figure": clean(fig), "filters": clean(abl)}
+    return {"figure": round_rows(fig), "filters": round_rows(abl)}
 
 def plot_self_contrast(cfg: SelfContrastConfig, res: dict):
     "Win rate against the SFT target vs k (log₂ axis), SFT and DPO_std as lines with CI bands, SPIN at k = 1; the filters."
