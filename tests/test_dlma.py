@@ -86,10 +86,8 @@ def test_pku_saferlhf_prompts_from_the_fixture():
     assert D.render_affixed("safe_rlhf", ps[0].text, "kind").endswith("ASSISTANT (kind):")
 
 
-def test_reproduce_dlma_tiny_writes_both_configs(tmp_path):
-    r = subprocess.run([str(BIN / "selfalign"), "reproduce", "dlma", "--scale", "tiny", "--out", str(tmp_path)],
-                       capture_output=True, text=True)
-    assert r.returncode == 0, r.stderr[-3000:]
+def test_reproduce_dlma_tiny_writes_both_configs(tiny_run):
+    tmp_path = tiny_run("dlma")  # shrunk (conftest.TINY_OVERRIDES); make reproduce runs it in full
     main = validate_metrics(json.loads((tmp_path / "dlma" / "main" / "metrics.json").read_text()))
     assert [c["id"] for c in main["claims"]] == CLAIMS and all(c["value"] is not None for c in main["claims"])
     assert [r["method"] for r in main["tables"]["main"]] == ["SFT", "CD", "RLCD", "RLAIF", "RLHF", "DLMA"]

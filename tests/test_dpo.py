@@ -114,11 +114,8 @@ def test_bad_band_configs_fail_clearly():
     with pytest.raises(ValueError, match="sampled pairs"): DPOBandConfig(judge="rm")
 
 
-def test_reproduce_dpo_tiny_writes_the_run_folder(tmp_path):
-    r = subprocess.run([str(BIN / "selfalign"), "reproduce", "dpo", "--scale", "tiny", "--out", str(tmp_path)],
-                       capture_output=True, text=True)
-    assert r.returncode == 0, r.stderr[-3000:]
-    run = tmp_path / "dpo" / "frontier"
+def test_reproduce_dpo_tiny_writes_the_run_folder(tiny_run):
+    run = tiny_run("dpo") / "dpo" / "frontier"
     m = validate_metrics(json.loads((run / "metrics.json").read_text()))
     assert [c["id"] for c in m["claims"]] == CLAIMS
     assert all(c["value"] is not None for c in m["claims"])

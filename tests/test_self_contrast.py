@@ -128,12 +128,9 @@ def test_configs_resolve_at_every_scale(tmp_path):
         assert cfg.batch_size * cfg.grad_accum == 128, overlay.name  # the paper's prompts per step
 
 
-def test_reproduce_self_contrast_tiny(tmp_path):
+def test_reproduce_self_contrast_tiny(tiny_run):
     # the tiny band with half its prompts and steps (make reproduce runs it in full): every row, table, figure and claim
-    r = subprocess.run([str(BIN / "selfalign"), "reproduce", "self_contrast", "--scale", "tiny", "--out", str(tmp_path),
-                        "-p", "n_prompts", "96", "-p", "n_eval", "120", "-p", "steps", "12"], capture_output=True, text=True)
-    assert r.returncode == 0, r.stderr[-3000:]
-    run = tmp_path / "self_contrast" / "main"
+    run = tiny_run("self_contrast") / "self_contrast" / "main"
     m = validate_metrics(json.loads((run / "metrics.json").read_text()))
     assert [c["id"] for c in m["claims"]] == CLAIMS and all(c["value"] is not None for c in m["claims"])
     assert [x["method"] for x in m["tables"]["figure"]] == ["SFT", "DPO_std", "SPIN", "SC k=1", "SC k=2", "SC k=4", "SC k=8", "SC k=16"]

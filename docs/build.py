@@ -1,0 +1,286 @@
+"""Build the selfalign docs site offline, and refresh the notebooks' committed outputs.
+
+    python docs/build.py build [--runs runs] [--out docs/_build/html]   # the site (make docs)
+    python docs/build.py outputs [nbs/NN_name.ipynb ...]                # re-execute notebooks, keep clean outputs
+
+The site is Sphinx + myst-nb with the book theme. Notebooks are rendered from their saved outputs (the docs never
+execute anything) after nbdev's own processors strip directives (`#| export`, `#| hide`, `#| default_exp`); every
+exported cell is replaced by a card per exported name (signature with its documented parameters, docstring), as
+`nbdev-docs` does with `show_doc`. The API reference is autodoc over the package, with nbdev's docments comments as
+parameter descriptions. Each paper gets a reproductions page read from the latest run folder (`runs/<paper>/<config>/
+metrics.json` and its figures). MathJax is served from the site itself (the `jupyter-server-mathjax` wheel), so the
+site works without a network.
+"""
+from __future__ import annotations
+
+import argparse
+import ast
+import json
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+DOCS = Path(__file__).resolve().parent
+ROOT = DOCS.parent
+NBS = ROOT / "nbs"
+PAPERS = ROOT / "papers"
+
+# What the docs call each paper band (folder name -> title); a band without an entry uses its folder name.
+PAPER_TITLES = {"dpo": "DPO (DeepSpeed-Chat style)", "dlma": "DLMA", "self_contrast": "Self-Contrast",
+                "almost": "ALMoST", "salmon": "SALMON"}
+
+# ---------------------------------------------------------------------------------------------------------------
+# notebooks -> pages
+
+_PROGRESS = re.compile(r"\d+%\|.*\||\d+(\.\d+)?(it/s|s/it)\b")
+
+
+def _names_defined(source: str) -> list[str]:
+    "Public top-level functions and classes a code cell defines."
+    try: tree = ast.parse(source)
+    except SyntaxError: return []
+    return [n.name for n in tree.body if isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef))
+            and not n.name.startswith("_")]
+
+
+def _card(obj, name: str) -> str:
+    "A `show_doc`-style card: heading, signature with each parameter's comment, docstring."
+    from nbdev.showdoc import show_doc
+    md = show_doc(obj, name=name)._repr_markdown_()
+    lines = [l for l in md.splitlines() if not l.startswith("[source](") and l.strip() != "---"]
+    text = "\n".join(lines).strip()
+    if isinstance(obj, type): text = text.replace(f"def {name}(", f"class {name}(", 1).replace(")->None:\n```", "):\n```", 1)
+    return text.replace("### ", "#### ", 1)  # below the notebook's own section headings
+
+
+def process_notebook(path: Path):
+    "A notebook as the docs show it: directives gone, export cells replaced by cards, noisy outputs dropped."
+    import importlib
+
+    import nbformat
+    from nbdev.process import NBProcessor
+    from nbdev.processors import clean_magics, hide_, hide_line, rm_export, rm_header_dash, strip_ansi, strip_hidden_metadata
+    nb = nbformat.read(path, as_version=4)
+    module = None
+    for c in nb.cells:
+        m = re.match(r"#\|\s*default_exp\s+(\S+)", c.source) if c.cell_type == "code" else None
+        if m: module = importlib.import_module(f"selfalign.{m.group(1)}")
+    cells = []
+    for c in nb.cells:  # cards first, while the `#| export` directives are still there
+        cells.append(c)
+        if c.cell_type == "code" and re.match(r"#\|\s*export\b", c.source) and module is not None:
+            public = set(getattr(module, "__all__", []))
+            cards = [_card(getattr(module, n), n) for n in _names_defined(c.source) if n in public and hasattr(module, n)]
+            if cards: cells.append(nbformat.v4.new_markdown_cell("\n\n".join(cards)))
+    nb.cells = cells
+    # nbdev's processors, as nbdev-docs runs them (show_doc and Quarto-only ones aside)
+    from fastcore.nbio import dict2nb
+    proc = NBProcessor(nb=dict2nb(json.loads(json.dumps(nb))), procs=[strip_ansi, hide_line, rm_header_dash, rm_export, clean_magics, hide_,
+                                     strip_hidden_metadata], rm_directives=True)
+    proc.process()
+    out = nbformat.v4.new_notebook(metadata={"kernelspec": nb.metadata.get("kernelspec", {}),
+                                             "language_info": {"name": "python"}})
+    for c in proc.nb.cells:
+        if "source" not in c: continue  # removed by a processor
+        c = nbformat.from_dict(dict(c))
+        for k in [k for k in c if k.endswith("_")]: c.pop(k)  # the processor's own bookkeeping (directives_, idx_, …)
+        if c.cell_type == "code":
+            c.setdefault("execution_count", None); c.setdefault("outputs", []); c.setdefault("metadata", {})
+            c.outputs = [o for o in c.outputs if not (o.get("output_type") == "stream" and o.get("name") == "stderr")]
+        out.cells.append(c)
+    nbformat.validate(out)
+    return out
+
+
+def notebook_title(nb) -> str:
+    for c in nb.cells:
+        if c.cell_type == "markdown":
+            m = re.search(r"^#\s+(.+)$", c.source, re.M)
+            if m: return m.group(1).strip()
+    return "untitled"
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# reproductions
+
+def _fmt(v) -> str:
+    from selfalign.report import _fmt as fmt
+    return fmt(v)
+
+
+def latest_runs(runs: Path, paper: str) -> list[Path]:
+    "The run folders of `paper` under `runs` (`runs/<paper>/<config>/metrics.json`), newest first."
+    found = [p.parent for p in (runs / paper).glob("*/metrics.json")] if (runs / paper).is_dir() else []
+    return sorted(found, key=lambda p: (-(p / "metrics.json").stat().st_mtime, p.name))
+
+
+def reproduction_page(paper: str, run_dirs: list[Path], dest: Path) -> str:
+    "The markdown of a paper's reproductions page; its figures are copied beside it under `dest`."
+    from selfalign.core import validate_metrics
+    from selfalign.report import CLAIM_HEADER, _md_table, _table_rows
+    title = PAPER_TITLES.get(paper, paper)
+    md = [f"# {title}: reproduction", ""]
+    if not run_dirs:
+        md += [f"No run of `{paper}` was found when this site was built. Run `make reproduce` (or "
+               f"`selfalign reproduce {paper} --scale tiny --out runs`) and build the docs again.", ""]
+        return "\n".join(md)
+    md += [f"Read from the latest run folder of each config (`runs/{paper}/<config>/`) when the site was built; the docs "
+           "never re-run training. A claim that does not hold is a finding at that scale.", ""]
+    for run in sorted(run_dirs, key=lambda p: p.name):
+        m = validate_metrics(json.loads((run / "metrics.json").read_text(encoding="utf-8")), str(run / "metrics.json"))
+        md += [f"## {m['config']} ({m['scale']} scale)", "",
+               f"Seed {m['seed']}, wall time {_fmt(m.get('wall_s'))} s.", "", "### Claims", ""]
+        rows = [[c["id"], _fmt(c["value"]), _fmt(c["ci95"]), _fmt(c["threshold"]), "**yes**" if c["holds"] else "no",
+                 c["statement"]] for c in m["claims"]]
+        md += [_md_table([h for h in CLAIM_HEADER if h not in ("paper", "config")], rows) if rows else "_no claims_", ""]
+        figs = sorted(run.glob("*.png"))
+        if figs:
+            md += ["### Figures", ""]
+            (dest / run.name).mkdir(parents=True, exist_ok=True)
+            for f in figs:
+                shutil.copy2(f, dest / run.name / f.name)
+                md += [f"![{f.stem}]({paper}/{run.name}/{f.name})", ""]
+        for name, rows in m["tables"].items():
+            if not rows: continue
+            header, body = _table_rows(rows)
+            md += [f"### Table: {name}", "", _md_table(header, body), ""]
+    return "\n".join(md)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# the site
+
+def _api_modules() -> list[str]:
+    return sorted(p.stem for p in (ROOT / "selfalign").glob("*.py") if not p.stem.startswith("_"))
+
+
+def _toctree(caption: str, entries: list[str], hidden: bool = True) -> str:
+    return "\n".join(["```{toctree}", f":caption: {caption}", ":maxdepth: 1", *([":hidden:"] if hidden else []), "",
+                      *entries, "```", ""])
+
+
+def assemble(src: Path, runs: Path) -> dict:
+    "Write the Sphinx source tree into `src`; returns what went into it."
+    if src.exists(): shutil.rmtree(src)
+    src.mkdir(parents=True)
+    for f in ("conf.py", "index.md"): shutil.copy2(DOCS / f, src / f)
+    shutil.copytree(DOCS / "methods", src / "methods")
+    shutil.copy2(ROOT / "README.md", src / "README.md")
+    # notebooks
+    (src / "nbs").mkdir()
+    notebooks = []
+    for path in sorted(NBS.glob("[0-9]*.ipynb")):
+        import nbformat
+        nb = process_notebook(path)
+        nbformat.write(nb, src / "nbs" / path.name)
+        notebooks.append((path.stem, notebook_title(nb)))
+    # API reference
+    (src / "api").mkdir()
+    for mod in _api_modules():
+        (src / "api" / f"{mod}.md").write_text(f"# `selfalign.{mod}`\n\n```{{eval-rst}}\n.. automodule:: selfalign.{mod}\n"
+                                               "   :members:\n   :show-inheritance:\n```\n", encoding="utf-8")
+    (src / "api" / "index.md").write_text("# API reference\n\nGenerated from the exported modules' docstrings; each "
+                                          "parameter's description is its comment in the notebook that defines it.\n\n"
+                                          + _toctree("Modules", [m for m in _api_modules()], hidden=False), encoding="utf-8")
+    # reproductions
+    rdir = src / "reproductions"; rdir.mkdir()
+    papers = sorted(p.name for p in PAPERS.iterdir() if p.is_dir() and not p.name.startswith("_") and (p / "reproduce.ipynb").exists())
+    found = {}
+    for paper in papers:
+        runs_of = latest_runs(runs, paper)
+        found[paper] = [r.name for r in runs_of]
+        (rdir / f"{paper}.md").write_text(reproduction_page(paper, runs_of, rdir / paper), encoding="utf-8")
+    (rdir / "index.md").write_text("# Reproductions\n\nEach paper's claims, figures and tables from the latest run in "
+                                   f"`{runs}`.\n\n" + _toctree("Papers", papers, hidden=False), encoding="utf-8")
+    # the index's toctrees (the hand-written index.md ends where they go)
+    methods = sorted(p.stem for p in (DOCS / "methods").glob("*.md"))
+    order = [m for m in ("dpo", "dlma", "almost", "self_contrast", "salmon") if m in methods] + \
+            [m for m in methods if m not in ("dpo", "dlma", "almost", "self_contrast", "salmon")]
+    with open(src / "index.md", "a", encoding="utf-8") as f:
+        f.write("\n" + _toctree("Methods", [f"methods/{m}" for m in order]))
+        f.write(_toctree("Notebooks", [f"nbs/{stem}" for stem, _ in notebooks]))
+        f.write(_toctree("Reproductions", ["reproductions/index"]))
+        f.write(_toctree("Reference", ["api/index"]))
+    return {"notebooks": notebooks, "papers": found, "modules": _api_modules(), "methods": order}
+
+
+def mathjax_dir() -> Path:
+    import jupyter_server_mathjax
+    return Path(jupyter_server_mathjax.__file__).parent / "static"
+
+
+def build(runs: Path, out: Path, quiet: bool = False) -> dict:
+    "Assemble the source tree next to `out` and run Sphinx into `out`; returns a summary."
+    src = out.parent / "src"
+    info = assemble(src, runs)
+    if out.exists(): shutil.rmtree(out)
+    cmd = [sys.executable, "-m", "sphinx", "-b", "html", "-W", "--keep-going", "-q",
+           "-d", str(out.parent / "doctrees"), str(src), str(out)]
+    r = subprocess.run(cmd, cwd=src, text=True, capture_output=True)
+    if r.returncode != 0:
+        raise SystemExit(f"sphinx-build failed ({r.returncode}):\n{r.stderr[-8000:]}\n{r.stdout[-2000:]}")
+    shutil.copytree(mathjax_dir(), out / "_static" / "mathjax", dirs_exist_ok=True)
+    info["index"] = str(out / "index.html")
+    return info
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# committed outputs
+
+_SKIP = re.compile(r"^#\|\s*(eval:\s*false|notest|slow)\b", re.M)
+
+
+def clean_outputs(nb) -> None:
+    "Keep outputs small and deterministic: no stderr (warnings, progress bars), no carriage-return redraws."
+    for c in nb.cells:
+        if c.cell_type != "code": continue
+        keep = []
+        for o in c.get("outputs", []):
+            if o.get("output_type") == "stream":
+                if o.get("name") == "stderr": continue
+                text = "".join(l for l in o.text.splitlines(True) if "\r" not in l and not _PROGRESS.search(l))
+                if not text: continue
+                o.text = text
+            keep.append(o)
+        c.outputs = keep
+
+
+def execute(paths: list[Path], timeout: int = 900) -> None:
+    "Execute notebooks in place (cells flagged `eval: false`/`notest`/`slow` skipped), then clean their outputs."
+    import nbformat
+    from nbclient import NotebookClient
+    for path in paths:
+        nb = nbformat.read(path, as_version=4)
+        skipped = {i: c.source for i, c in enumerate(nb.cells) if c.cell_type == "code" and _SKIP.search(c.source)}
+        for i in skipped: nb.cells[i].source = "pass  # skipped when executing for the docs"
+        print(f"executing {path.name}", file=sys.stderr, flush=True)
+        NotebookClient(nb, timeout=timeout, kernel_name="python3", resources={"metadata": {"path": str(path.parent)}}).execute()
+        for i, s in skipped.items(): nb.cells[i].source, nb.cells[i].outputs = s, []
+        clean_outputs(nb)
+        nbformat.write(nb, path)
+    subprocess.run([str(Path(sys.executable).parent / "nbdev-clean")], cwd=ROOT, check=True)
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(prog="docs/build.py", description=__doc__.split("\n\n")[0])
+    sub = ap.add_subparsers(dest="cmd", required=True)
+    b = sub.add_parser("build", help="build the site")
+    b.add_argument("--runs", default=str(ROOT / "runs"), help="the reproduce output folder to read (default: runs/)")
+    b.add_argument("--out", default=str(DOCS / "_build" / "html"), help="where the HTML goes")
+    o = sub.add_parser("outputs", help="re-execute notebooks and save their cleaned outputs")
+    o.add_argument("notebooks", nargs="*", help="default: every nbs/NN_*.ipynb")
+    a = ap.parse_args(argv)
+    if a.cmd == "build":
+        info = build(Path(a.runs).resolve(), Path(a.out).resolve())
+        print(f"docs: {len(info['notebooks'])} notebooks, {len(info['modules'])} modules, reproductions "
+              + ", ".join(f"{p} ({len(r)} run{'s' if len(r) != 1 else ''})" for p, r in info["papers"].items()))
+        print(f"docs: {info['index']}")
+    else:
+        execute([Path(p).resolve() for p in a.notebooks] or sorted(NBS.glob("[0-9]*.ipynb")))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

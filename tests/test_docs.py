@@ -1,0 +1,123 @@
+"""The docs site, read as a reader would: built from the notebooks' saved outputs and the latest runs, then opened in
+headless Chromium with networking off (title, figures loaded, math typeset, screenshots not blank, no broken link)."""
+import importlib.util
+import json
+import re
+import subprocess
+import sys
+
+import nbformat
+import pytest
+
+from conftest import ROOT
+
+
+def _load(name):
+    spec = importlib.util.spec_from_file_location(f"docs_{name}", ROOT / "docs" / f"{name}.py")
+    mod = importlib.util.module_from_spec(spec); spec.loader.exec_module(mod)
+    return mod
+
+
+browser, build = _load("browser"), _load("build")
+PAPERS = sorted(p.parent.name for p in (ROOT / "papers").glob("[!_]*/reproduce.ipynb"))
+
+
+@pytest.fixture(scope="module")
+def site(tiny_run, tmp_path_factory):
+    for paper in PAPERS: runs = tiny_run(paper)
+    out = tmp_path_factory.mktemp("site") / "html"
+    r = subprocess.run([sys.executable, str(ROOT / "docs" / "build.py"), "build", "--runs", str(runs), "--out", str(out)],
+                       capture_output=True, text=True, cwd=ROOT)
+    assert r.returncode == 0, r.stderr[-4000:] + r.stdout[-2000:]
+    assert f"docs: {out / 'index.html'}" in r.stdout
+    return out
+
+
+def test_browser_reads_the_index_and_every_reproduction_page(site, tmp_path):
+    seen = browser.check_site(site, shots=tmp_path)
+    assert seen["isolation"]  # started with networking off
+    pages = {browser.Path(p["page"]).relative_to(site).as_posix(): p for p in seen["pages"]}
+    assert pages["index.html"]["title"].startswith("selfalign")
+    for paper in PAPERS:
+        p = pages[f"reproductions/{paper}.html"]
+        assert p["title"].startswith(build.PAPER_TITLES.get(paper, paper)), p["title"]
+        assert p["images"] and all(i["ok"] and i["w"] > 100 and i["h"] > 100 for i in p["images"]), p["images"]
+    for p in seen["pages"]:
+        assert p["blank_fraction"] < 0.97, p  # a blank page is 1.0
+        assert (tmp_path / browser.Path(p["screenshot"]).name).stat().st_size > 10_000
+    method = next(p for k, p in pages.items() if k.startswith("methods/"))
+    assert method["math"] > 0 and method["raw_math"] == 0, method  # MathJax, served by the site itself, typeset it
+
+
+def test_no_internal_link_or_anchor_is_broken(site):
+    assert browser.broken_links(site) == []
+
+
+def test_pages_cover_methods_notebooks_api_and_reproductions(site):
+    for nb in sorted((ROOT / "nbs").glob("[0-9]*.ipynb")):
+        html = (site / "nbs" / f"{nb.stem}.html").read_text(encoding="utf-8")
+        assert "#| export" not in html and "#| default_exp" not in html and "#|" not in html, nb.name
+    losses = (site / "nbs" / "03_losses.html").read_text(encoding="utf-8")
+    assert re.search(r"<h4[^>]*>dpo_loss", losses) or "dpo_loss</h4>" in losses  # the exported function's card
+    assert "strength of the KL constraint" in losses  # its documented parameter, from the notebook's comment
+    api = (site / "api" / "losses.html").read_text(encoding="utf-8")
+    assert "selfalign.losses.dpo_loss" in api and "strength of the KL constraint" in api
+    for m in ("dpo", "dlma", "self_contrast"):
+        assert (site / "methods" / f"{m}.html").exists(), m
+    dpo = (site / "reproductions" / "dpo.html").read_text(encoding="utf-8")
+    assert "dpo-rm-accuracy" in dpo and "frontier.png" in dpo
+    # notebooks render with their saved outputs: a figure saved in a notebook shows on its page
+    with_images = [nb.stem for nb in sorted((ROOT / "nbs").glob("[0-9]*.ipynb"))
+                   if any(o.get("data", {}).get("image/png") for c in nbformat.read(nb, 4).cells for o in c.get("outputs", []))]
+    assert with_images
+    for stem in with_images: assert "<img" in (site / "nbs" / f"{stem}.html").read_text(encoding="utf-8"), stem
+
+
+def test_a_page_without_runs_says_how_to_make_them(tmp_path):
+    md = build.reproduction_page("dpo", [], tmp_path)
+    assert "make reproduce" in md and "selfalign reproduce dpo --scale tiny" in md
+
+
+def test_link_checker_and_blank_check_catch_what_they_should(tmp_path):
+    (tmp_path / "sub").mkdir()
+    (tmp_path / "index.html").write_text('<a href="sub/page.html#here">ok</a> <a href="sub/page.html#gone">x</a>'
+                                         '<a href="missing.html">y</a><img src="nope.png"><a href="https://example.org">e</a>')
+    (tmp_path / "sub" / "page.html").write_text('<h2 id="here">h</h2><a href="../index.html">back</a>')
+    broken = browser.broken_links(tmp_path)
+    assert len(broken) == 3 and any("#gone" in b for b in broken) and any("missing.html" in b for b in broken)
+    from PIL import Image
+    import io
+    buf = io.BytesIO(); Image.new("RGB", (64, 64), "white").save(buf, "PNG")
+    assert browser.blank_fraction(buf.getvalue()) == 1.0
+
+
+def test_committed_notebook_outputs_are_small_and_deterministic():
+    "No progress bars, timings, stderr, memory addresses or execution counts; a bounded size per notebook."
+    noisy = re.compile(r"\r|\d+(\.\d+)?\s*(it/s|s/it)|\d+%\|| at 0x[0-9a-f]{6,}|\b\d+(\.\d+)?\s*(ms|seconds?)\b|elapsed|127\.0\.0\.1")
+    with_outputs = 0
+    for nb_path in sorted((ROOT / "nbs").glob("[0-9]*.ipynb")):
+        nb = nbformat.read(nb_path, 4)
+        size = 0
+        for i, c in enumerate(nb.cells):
+            if c.cell_type != "code": continue
+            assert c.get("execution_count") is None, f"{nb_path.name} cell {i}: execution count kept"
+            for o in c.get("outputs", []):
+                assert o.get("execution_count") is None, f"{nb_path.name} cell {i}"
+                assert not (o.output_type == "stream" and o.name == "stderr"), f"{nb_path.name} cell {i}: stderr kept"
+                text = o.get("text", "") if o.output_type == "stream" else "".join(o.get("data", {}).get("text/plain", ""))
+                m = noisy.search(text)
+                assert not m, f"{nb_path.name} cell {i}: {m.group(0)!r} in a saved output"
+                size += len(json.dumps(o))
+        with_outputs += size > 0
+        assert size < 400_000, f"{nb_path.name}: {size} bytes of saved outputs"
+    assert with_outputs >= 10, with_outputs
+
+
+def test_make_docs_builds_the_site_with_pinned_requirements():
+    mk = (ROOT / "Makefile").read_text()
+    m = re.search(r"^docs:([^\n#]*)(?:##[^\n]*)?\n((?:\t[^\n]*\n)*)", mk, re.M)
+    assert m and "docs/build.py build" in m.group(2) and "docs/_build/html" in m.group(2), "make docs recipe"
+    pins = [l.split("#")[0].strip() for l in (ROOT / "requirements" / "docs.txt").read_text().splitlines()]
+    pins = [p for p in pins if p]
+    assert pins and all("==" in p for p in pins), pins
+    assert {"sphinx", "myst-nb", "sphinx-book-theme", "jupyter-server-mathjax"} <= {p.split("==")[0] for p in pins}
