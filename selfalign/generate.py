@@ -215,14 +215,19 @@ class HFGenerator:
         "One `Generation` per prompt, each with `params.n` samples."
         return _hf_generate(self, list(prompts), params)
 
-# %% ../nbs/05_generate.ipynb #5810226d
-def _hf_generate(g: HFGenerator, prompts: list[str], params: SamplingParams) -> list[Generation]:
-    "Sample `params.n` completions for every prompt with `g`'s model, `g.batch_size` rows per call."
-    enc = g.tokenizer(prompts, add_special_tokens=True)["input_ids"] if prompts else []
+# %% ../nbs/05_generate.ipynb #7f911acf
+def _encode_prompts(tokenizer, prompts: list[str], bos: int | None) -> list[list[int]]:
+    "The token ids every backend feeds the model for `prompts`: default special tokens, `[bos]` for an empty prompt."
+    enc = tokenizer(prompts, add_special_tokens=True)["input_ids"] if prompts else []
     for i, ids in enumerate(enc):
         if ids: continue
-        if g.bos is None: raise ValueError(f"prompt {i} is empty and the tokenizer has no bos token to start from")
-        enc[i] = [g.bos]
+        if bos is None: raise ValueError(f"prompt {i} is empty and the tokenizer has no bos token to start from")
+        enc[i] = [bos]
+    return enc
+
+def _hf_generate(g: HFGenerator, prompts: list[str], params: SamplingParams) -> list[Generation]:
+    "Sample `params.n` completions for every prompt with `g`'s model, `g.batch_size` rows per call."
+    enc = _encode_prompts(g.tokenizer, prompts, g.bos)
     rows = sorted(((i, j) for i in range(len(prompts)) for j in range(params.n)), key=lambda r: -len(enc[r[0]]))
     done = {}
     for b in range(0, len(rows), g.batch_size):
@@ -383,7 +388,7 @@ class CachedGenerator:
     def close(self):
         self.db.close(); self.generator.close()
 
-# %% ../nbs/05_generate.ipynb #bcebb543
+# %% ../nbs/05_generate.ipynb #97d3ea14
 @dataclass(frozen=True)
 class GenerateConfig(StageConfig):
     "The `generate` stage: sample completions for a JSONL file of prompts into resumable shards."
@@ -391,15 +396,15 @@ class GenerateConfig(StageConfig):
     prompts: str = ""  # JSONL file, one object per line with a `prompt` field
     out_dir: str = "generations"  # shard folder; a relative path is inside the run folder
     sampling: SamplingParams = SamplingParams()  # how to sample
-    backend: Literal["hf"] = "hf"  # generation backend ("vllm" comes later)
-    batch_size: int = 16  # sequences per forward pass
+    backend: Literal["hf", "vllm"] = "hf"  # "hf" (transformers, in this process) or "vllm" (the vLLM server, `nbs/13_vllm`)
+    batch_size: int = 16  # hf: sequences per forward pass (vllm batches by itself)
     dtype: str = "auto"  # "auto" (bf16 where the hardware computes it natively, else fp32), "fp32", "bf16"
     shard_size: int = 64  # prompts per shard file
     chat_template: str | None = None  # render each prompt as a user turn in this `selfalign.data` template
     system: str | None = None  # system message for `chat_template`
     cache: bool = False  # answer repeated requests from the generation cache (`default_cache_dir()`)
 
-# %% ../nbs/05_generate.ipynb #63c17be5
+# %% ../nbs/05_generate.ipynb #17633cf9
 def load_prompts(path: str | Path,  # JSONL file
                  field: str = "prompt",  # the field holding each prompt
                 ) -> list[str]:
@@ -416,10 +421,14 @@ def load_prompts(path: str | Path,  # JSONL file
 def make_generator(cfg: GenerateConfig,  # the stage config
                   ) -> Generator:
     "The backend `cfg` asks for, with its model loaded (wrapped in the cache if `cfg.cache`)."
-    if cfg.backend != "hf": raise ValueError(f"unknown backend {cfg.backend!r}")
+    if cfg.backend not in ("hf", "vllm"): raise ValueError(f"unknown backend {cfg.backend!r}; use 'hf' or 'vllm'")
     dtype = generation_dtype(cfg.dtype, "cuda" if torch.cuda.is_available() else "cpu")
-    model, tokenizer = load_model(cfg.model, dtype=dtype, device_map="cuda" if torch.cuda.is_available() else None)
-    g = HFGenerator(model, tokenizer, batch_size=cfg.batch_size, dtype=dtype)
+    if cfg.backend == "vllm":
+        from selfalign.vllm_backend import VLLMGenerator  # (imports this module)
+        g = VLLMGenerator(cfg.model, dtype=dtype, seed=cfg.sampling.seed)
+    else:
+        model, tokenizer = load_model(cfg.model, dtype=dtype, device_map="cuda" if torch.cuda.is_available() else None)
+        g = HFGenerator(model, tokenizer, batch_size=cfg.batch_size, dtype=dtype)
     return CachedGenerator(g) if cfg.cache else g
 
 # %% ../nbs/05_generate.ipynb #a5a99e1f
