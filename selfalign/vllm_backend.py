@@ -164,6 +164,15 @@ def stop_process_group(proc: subprocess.Popen,  # a child started with `start_ne
     _wait_until(lambda: not group_pids(proc.pid), grace)
     return rc
 
+# %% ../nbs/13_vllm.ipynb #e114c05c
+def _no_partial_prefill(model_dir: str | Path,  # the served folder
+                        max_model_len: int | None,  # the context length asked for (None: the model's)
+                       ) -> list[str]:
+    "On CPU hosts, flags that keep vLLM from splitting a prompt's prefill across steps (see below); none on GPUs."
+    if shutil.which("nvidia-smi"): return []
+    ctx = max_model_len or json.loads((Path(model_dir) / "config.json").read_text()).get("max_position_embeddings", 2048)
+    return ["--no-enable-chunked-prefill", "--max-num-batched-tokens", str(max(int(ctx), 2048))]
+
 # %% ../nbs/13_vllm.ipynb #c87de72a
 class VLLMServerError(RuntimeError):
     "The vLLM server failed: it did not start, or died, or broke while generating (the message has its log's tail)."
@@ -208,7 +217,7 @@ def _http(url: str, body: dict | None = None, timeout: float = 10.0) -> dict | s
     try: return json.loads(raw)
     except ValueError: return raw
 
-# %% ../nbs/13_vllm.ipynb #a37f438a
+# %% ../nbs/13_vllm.ipynb #f7825e78
 class VLLMServer:
     "vLLM's OpenAI-compatible server as a child process on 127.0.0.1: started, health-checked, stopped by its process group."
     def __init__(self, model_dir: str | Path,  # a folder with config, safetensors and tokenizer (`vllm_model_dir`)
@@ -236,7 +245,8 @@ class VLLMServer:
         args = ["--model", str(model_dir), "--served-model-name", self.name, "--host", self.host, "--port", str(self.port),
                 "--dtype", dtype, "--seed", str(seed), "--generation-config", "vllm", "--disable-uvicorn-access-log",
                 *(["--enforce-eager"] if enforce_eager else []),
-                *(["--max-model-len", str(max_model_len)] if max_model_len else []), *extra_args]
+                *(["--max-model-len", str(max_model_len)] if max_model_len else []), *_no_partial_prefill(model_dir, max_model_len),
+                *extra_args]
         with open(self.log_path, "ab") as log:
             self.proc = subprocess.Popen([str(self.python), "-m", SERVER_MODULE, *args], stdin=subprocess.DEVNULL,
                                          stdout=log, stderr=subprocess.STDOUT, env=env or vllm_env(),

