@@ -33,19 +33,7 @@ from selfalign.models import SMOLLM2_NAME, cache_root, load_smollm2
 from selfalign.vllm_backend import VLLMGenerator, _http, default_vllm_python, vllm_available
 from selfalign.worldmodels import default_world_dir, load_world_model
 
-QUESTIONS = [
-    "What is the capital of France?", "How do I boil an egg?", "Write a haiku about the sea.",
-    "Explain photosynthesis in one sentence.", "What are three ways to stay healthy?", "Who invented the printing press?",
-    "How many days are there in a leap year?", "Give me a tip for learning a new language.",
-    "What is the square root of 81?", "Describe a sunny day.", "Why is the sky blue?", "What is a prime number?",
-    "Suggest a name for a pet cat.", "How does a rainbow form?", "What should I pack for a picnic?",
-    "Summarise the story of Cinderella.", "What is the boiling point of water?", "Name three colours of the rainbow.",
-    "How do plants drink water?", "What is the largest ocean?", "Tell me a fun fact about octopuses.",
-    "How can I sleep better?", "What does a computer use to store numbers?", "Translate 'good morning' into French.",
-    "What is 12 times 12?", "How do bees make honey?", "Write one sentence about autumn.",
-    "What is the speed of light?", "Why do we have seasons?", "Recommend a book for children.",
-    "What is the difference between weather and climate?", "How do I make a cup of tea?",
-]
+from generate_hf import QUESTIONS  # the same chat questions as the hf-only benchmark (bench/ is on sys.path)
 
 
 def models(names, n_prompts):

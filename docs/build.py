@@ -105,11 +105,6 @@ def notebook_title(nb) -> str:
 # ---------------------------------------------------------------------------------------------------------------
 # reproductions
 
-def _fmt(v) -> str:
-    from selfalign.report import _fmt as fmt
-    return fmt(v)
-
-
 def latest_runs(runs: Path, paper: str) -> list[Path]:
     "The run folders of `paper` under `runs` (`runs/<paper>/<config>/metrics.json`), newest first."
     found = [p.parent for p in (runs / paper).glob("*/metrics.json")] if (runs / paper).is_dir() else []
@@ -119,7 +114,7 @@ def latest_runs(runs: Path, paper: str) -> list[Path]:
 def reproduction_page(paper: str, run_dirs: list[Path], dest: Path) -> str:
     "The markdown of a paper's reproductions page; its figures are copied beside it under `dest`."
     from selfalign.core import validate_metrics
-    from selfalign.report import CLAIM_HEADER, _md_table, _table_rows
+    from selfalign.report import CLAIM_HEADER, _fmt, _md_table, _table_rows
     title = PAPER_TITLES.get(paper, paper)
     md = [f"# {title}: reproduction", ""]
     if not run_dirs:
@@ -171,8 +166,8 @@ def assemble(src: Path, runs: Path) -> dict:
     # notebooks
     (src / "nbs").mkdir()
     notebooks = []
+    import nbformat
     for path in sorted(NBS.glob("[0-9]*.ipynb")):
-        import nbformat
         nb = process_notebook(path)
         nbformat.write(nb, src / "nbs" / path.name)
         notebooks.append((path.stem, notebook_title(nb)))
