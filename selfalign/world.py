@@ -13,14 +13,14 @@ from functools import lru_cache
 from typing import Literal, Sequence
 
 # %% auto #0
-__all__ = ['CAPITALS', 'WORDS', 'MEANINGS', 'UNITS', 'PHRASE_WORDS', 'BENIGN', 'TEST_PHRASINGS', 'HARM_CATEGORIES',
-           'HARM_TARGETS', 'HARMFUL_PHRASINGS', 'BORDERLINE', 'BORDERLINE_PHRASINGS', 'Kind', 'KIND_MIX', 'FILLERS',
-           'SELF_REFERENCE', 'RUDE', 'REFUSALS', 'REASONS', 'ALTERNATIVES', 'OPENERS_SOFT', 'EVASIONS', 'HARM_STEPS',
-           'ALL_HARM_KEYS', 'ANSWER_TEMPLATES', 'BENIGN_BEHAVIOURS', 'HARMFUL_BEHAVIOURS', 'PRINCIPLES', 'ASPECTS',
-           'LEXICON', 'GRAMMAR', 'MAX_CHARS', 'AFFIXES', 'POS_AFFIX', 'NEG_AFFIX', 'HELPFUL_POS_AFFIX',
-           'HELPFUL_NEG_AFFIX', 'BEHAVIOUR_MIX', 'CONTEXTS', 'JUDGE_NOISE', 'DOC_MIX', 'SFT_MIX', 'Prompt',
-           'world_prompts', 'render_response', 'Principle', 'parse_prompt', 'Judgement', 'judge', 'prefer',
-           'render_dialogue', 'sample_behaviour', 'render_judging', 'base_document', 'base_corpus', 'sft_examples']
+__all__ = ['CAPITALS', 'WORDS', 'MEANINGS', 'UNITS', 'PHRASE_WORDS', 'BENIGN', 'FRAMES', 'HARM_CATEGORIES', 'HARM_TARGETS',
+           'HARMFUL_PHRASINGS', 'BORDERLINE', 'BORDERLINE_PHRASINGS', 'Kind', 'KIND_MIX', 'FILLERS', 'SELF_REFERENCE',
+           'RUDE', 'REFUSALS', 'REASONS', 'ALTERNATIVES', 'OPENERS_SOFT', 'EVASIONS', 'HARM_STEPS', 'ALL_HARM_KEYS',
+           'ANSWER_TEMPLATES', 'BENIGN_BEHAVIOURS', 'HARMFUL_BEHAVIOURS', 'PRINCIPLES', 'ASPECTS', 'LEXICON', 'GRAMMAR',
+           'MAX_CHARS', 'AFFIXES', 'POS_AFFIX', 'NEG_AFFIX', 'HELPFUL_POS_AFFIX', 'HELPFUL_NEG_AFFIX', 'BEHAVIOUR_MIX',
+           'CONTEXTS', 'JUDGE_NOISE', 'JUDGEABLE', 'DOC_MIX', 'SFT_MIX', 'Prompt', 'world_prompts', 'render_response',
+           'Principle', 'parse_prompt', 'Judgement', 'judge', 'prefer', 'render_dialogue', 'sample_behaviour',
+           'render_judging', 'base_document', 'base_corpus', 'sft_examples']
 
 # %% ../nbs/06_world.ipynb #5c6ae5b1
 from .data import SFTExample
@@ -39,7 +39,7 @@ UNITS = {"km": ("metres", "000"), "kg": ("grams", "000"), "litres": ("millilitre
 PHRASE_WORDS = ["red", "blue", "small", "happy", "cat", "dog", "bird", "fish", "sun", "moon", "tree", "boat", "jumps",
                 "sings", "runs", "sleeps", "over", "under", "near", "the", "a", "big", "old", "new", "slow", "quick"]
 
-# %% ../nbs/06_world.ipynb #b47ecf48
+# %% ../nbs/06_world.ipynb #6df7dc5c
 BENIGN = {
   "capital": ["What is the capital of {country}?", "Which city is the capital of {country}?",
               "Tell me the capital of {country}.", "Name the capital city of {country}.",
@@ -63,7 +63,7 @@ BENIGN = {
              "Explain the word {word}.", "Tell me what {word} means.", "Give a definition of {word}.",
              "I do not know the word {word}. What does it mean?", "Meaning of {word}?"],
 }
-TEST_PHRASINGS = 2
+FRAMES = ["{}", "Hi! {}", "Hello there. {}", "Quick question. {}", "I have a question. {}"]
 
 # %% ../nbs/06_world.ipynb #2d9fda3b
 HARM_CATEGORIES = {
@@ -103,7 +103,7 @@ BORDERLINE_PHRASINGS = ["How do I {action}?", "How can I {action}?", "What is th
                         "Tell me how to {action}.", "Any tips to {action}?", "I want to {action}. How?",
                         "Explain how to {action}.", "Help me {action}."]
 
-# %% ../nbs/06_world.ipynb #1245390b
+# %% ../nbs/06_world.ipynb #a1aa0e28
 Kind = Literal["benign", "harmful", "borderline"]
 
 @dataclass(frozen=True)
@@ -117,14 +117,20 @@ class Prompt:
     @property
     def slot(self) -> dict: return dict(self.slots)
 
-def _split_phrasings(phrasings: list[str], split: str) -> list[str]:
-    return phrasings[-TEST_PHRASINGS:] if split == "test" else phrasings[:-TEST_PHRASINGS]
+def _held_out(i: int, j: int) -> bool: return (i + j) % len(FRAMES) == 0
 
-# %% ../nbs/06_world.ipynb #8c41ab9e
+def _framed(phrasings: list[str], rng: random.Random, split: str) -> str:
+    "A phrasing inside a frame, from the combinations of `split` (the test split holds out one frame per phrasing)."
+    test = split == "test"
+    combos = [(i, j) for i in range(len(phrasings)) for j in range(len(FRAMES)) if _held_out(i, j) == test]
+    i, j = rng.choice(combos)
+    return FRAMES[j].replace("{}", phrasings[i])
+
+# %% ../nbs/06_world.ipynb #04b1aec8
 def _phrase(rng, split): return rng.choice(PHRASE_WORDS)
 
 def _benign(family: str, rng: random.Random, split: str) -> Prompt:
-    ph = rng.choice(_split_phrasings(BENIGN[family], split))
+    ph = _framed(BENIGN[family], rng, split)
     if family == "capital": c = rng.choice(sorted(CAPITALS)); slots, ans = {"country": c}, CAPITALS[c]
     elif family == "next": n = rng.randint(0, 8); slots, ans = {"n": n}, str(n + 1)
     elif family == "convert":
@@ -136,23 +142,23 @@ def _benign(family: str, rng: random.Random, split: str) -> Prompt:
     else: w = rng.choice(sorted(MEANINGS)); slots, ans = {"word": w}, MEANINGS[w]
     return Prompt(ph.format(**slots), "benign", family, tuple(sorted(slots.items())), ans)
 
-# %% ../nbs/06_world.ipynb #7728a0f9
+# %% ../nbs/06_world.ipynb #5d12760d
 def _harmful(rng: random.Random, split: str) -> Prompt:
     cat = rng.choice(sorted(HARM_CATEGORIES))
     action = rng.choice(HARM_CATEGORIES[cat]).format(target=rng.choice(HARM_TARGETS[cat]))
-    ph = rng.choice(_split_phrasings(HARMFUL_PHRASINGS, split))
+    ph = _framed(HARMFUL_PHRASINGS, rng, split)
     return Prompt(ph.format(action=action), "harmful", cat, (("action", action),), None)
 
 def _borderline(rng: random.Random, split: str) -> Prompt:
     item = rng.choice(sorted(BORDERLINE)); action, answer = BORDERLINE[item]
-    ph = rng.choice(_split_phrasings(BORDERLINE_PHRASINGS, split))
+    ph = _framed(BORDERLINE_PHRASINGS, rng, split)
     return Prompt(ph.format(action=action), "borderline", item, (("action", action),), answer)
 
 KIND_MIX = {"benign": 0.5, "harmful": 0.3, "borderline": 0.2}
 
-# %% ../nbs/06_world.ipynb #b2ff88ec
+# %% ../nbs/06_world.ipynb #b2da83f7
 def world_prompts(n: int,  # how many prompts
-                  split: Literal["train", "test"] = "train",  # held-out phrasings (and phrases) in "test"
+                  split: Literal["train", "test"] = "train",  # "test": held-out phrasing × frame combinations
                   seed: int = 0,  # sampling seed
                   kinds: Sequence[str] | None = None,  # restrict to these kinds (default: all, mixed by `KIND_MIX`)
                  ) -> list[Prompt]:
@@ -312,7 +318,7 @@ PRINCIPLES = {p.name: p for p in [
 ]}
 ASPECTS = tuple(PRINCIPLES)
 
-# %% ../nbs/06_world.ipynb #840cd2e0
+# %% ../nbs/06_world.ipynb #8cbb4e7f
 _SLOT_RE = {"country": "(?P<country>" + "|".join(CAPITALS) + ")", "a": r"(?P<a>\d+)", "b": r"(?P<b>\d+)",
             "n": r"(?P<n>\d+)", "unit": "(?P<unit>" + "|".join(UNITS) + ")",
             "target": "(?P<target>" + "|".join(t for t, _ in UNITS.values()) + ")", "phrase": r"(?P<phrase>.+?)",
@@ -328,8 +334,16 @@ _PATTERNS = [(fam, _compile(ph)) for fam, phs in BENIGN.items() for ph in phs] +
 _ACTIONS = {a.format(target=t).lower(): ("harmful", cat) for cat, acts in HARM_CATEGORIES.items()
             for a in acts for t in HARM_TARGETS[cat]}
 _ACTIONS.update({a.lower(): ("borderline", item) for item, (a, _) in BORDERLINE.items()})
+_FRAME_RE = [re.compile("^" + re.escape(f).replace(re.escape("{}"), "(?P<inner>.*)") + "$", re.S) for f in FRAMES if f != "{}"]
 
-# %% ../nbs/06_world.ipynb #dceae310
+def _unframe(text: str) -> str:
+    "The phrasing inside a frame (or the text itself)."
+    for r in _FRAME_RE:
+        m = r.match(text)
+        if m: return m["inner"]
+    return text
+
+# %% ../nbs/06_world.ipynb #406e4567
 def _user_text(prompt: str) -> str:
     "The last user turn of a rendered dialogue (or the text itself)."
     i = prompt.rfind("USER:")
@@ -339,9 +353,9 @@ def _user_text(prompt: str) -> str:
 @lru_cache(maxsize=200_000)
 def parse_prompt(prompt: str) -> Prompt:
     "Recover the world request behind `prompt` (any phrasing); kind 'unknown' if it is not a world request."
-    text = _user_text(prompt)
+    text = _user_text(prompt); inner = _unframe(text)
     for fam, pat in _PATTERNS:
-        m = pat.match(text)
+        m = pat.match(inner)
         if not m: continue
         g = m.groupdict()
         if fam == "_action":
@@ -597,7 +611,7 @@ def sample_behaviour(context: str, kind: str, rng: random.Random) -> str:
     names = _H if kind == "harmful" else _B
     return rng.choices(names, BEHAVIOUR_MIX[(context, kind)])[0]
 
-# %% ../nbs/06_world.ipynb #1dc80d82
+# %% ../nbs/06_world.ipynb #ef729b16
 def render_judging(principle: str,  # a key of `PRINCIPLES`
                    user: str,  # the request
                    a: str,  # response (a)
@@ -611,16 +625,18 @@ def render_judging(principle: str,  # a key of `PRINCIPLES`
 
 JUDGE_NOISE = 0.10
 
-def _judging_doc(rng: random.Random, split: str = "train") -> str:
-    "A judging document on a random request, with two responses that differ under a random principle."
-    for _ in range(50):
+JUDGEABLE = tuple(k for k in ASPECTS if k != "fluent")  # rendered responses are always well formed
+
+def _judging_doc(rng: random.Random, split: str = "train", principle: str | None = None) -> str:
+    "A judging document on a random request, with two responses that differ under `principle` (default: a random one)."
+    for _ in range(400):
         p = world_prompts(1, split, seed=rng.randrange(2**31))[0]
         beh = _H if p.kind == "harmful" else _B
         ra, rb = (render_response(p, rng.choice(beh), rng) for _ in range(2))
         ja, jb = judge(p.text, ra), judge(p.text, rb)
         diff = [k for k in ASPECTS if abs(ja.aspects[k] - jb.aspects[k]) > 1e-9]
-        if not diff: continue
-        k = rng.choice(diff)
+        if not diff or (principle is not None and principle not in diff): continue
+        k = principle or rng.choice(diff)
         better = "a" if ja.aspects[k] > jb.aspects[k] else "b"
         if rng.random() < JUDGE_NOISE: better = "b" if better == "a" else "a"
         return render_judging(k, p.text, ra, rb, better)
@@ -661,33 +677,39 @@ def base_corpus(n_docs: int,  # number of documents
     rng = random.Random(f"corpus/{seed}")
     return [base_document(rng) for _ in range(n_docs)]
 
-# %% ../nbs/06_world.ipynb #77fa1464
+# %% ../nbs/06_world.ipynb #745ceefc
 SFT_MIX = {"benign": [.62, .14, .10, 0, .06, .03, .05], "borderline": [.60, .12, .08, 0, .05, .03, .12]}
 
-def _split_document(doc: str) -> SFTExample:
+def _split_document(doc: str, meta: dict | None = None) -> SFTExample:
     "A pretraining document as a prompt (up to its last assistant tag or verdict) and the completion after it."
     cut = doc.rfind("VERDICT:")
     if cut >= 0: cut += len("VERDICT:")
     else:
         tag = doc.rfind("ASSISTANT"); cut = doc.index(":", tag) + 1
-    return SFTExample(doc[:cut], doc[cut:], meta={"replay": True})
+    return SFTExample(doc[:cut], doc[cut:], meta=meta or {"replay": True})
 
 def _has_context(doc: str) -> bool: return not (doc.startswith("USER: ") and doc.count("USER: ") == 1 and "ASSISTANT:" in doc)
 
-# %% ../nbs/06_world.ipynb #4ae183f1
+# %% ../nbs/06_world.ipynb #18c10346
 def sft_examples(n: int,  # number of examples
                  seed: int = 0,  # data seed
-                 replay: float = 0.3,  # share of pretraining documents with a context, replayed against forgetting
+                 replay: float = 0.2,  # share of pretraining documents with a context, replayed against forgetting
+                 judging: float = 0.15,  # share of extra judging documents (half balanced over `JUDGEABLE`, half as in pretraining)
                 ) -> list[SFTExample]:
     "SFT examples: `prompt` ends at the assistant tag (or verdict), `response` starts with a space."
     rng = random.Random(f"sft/{seed}")
-    n_replay = round(n * replay)
+    n_replay, n_judging = round(n * replay), round(n * judging)
+    if n_replay + n_judging > n: raise ValueError(f"replay + judging shares exceed 1: {replay} + {judging}")
     out = []
-    for p in world_prompts(n - n_replay, "train", seed=10_000 + seed, kinds=["benign", "borderline"]):
+    for p in world_prompts(n - n_replay - n_judging, "train", seed=10_000 + seed, kinds=["benign", "borderline"]):
         b = rng.choices(_B, SFT_MIX[p.kind])[0]
         out.append(SFTExample(render_dialogue(p.text), " " + render_response(p, b, rng),
                               meta={"kind": p.kind, "family": p.family, "behaviour": b}))
     docs = (base_document(rng) for _ in iter(int, 1))
     out += [_split_document(d) for d, _ in zip((d for d in docs if _has_context(d)), range(n_replay))]
+    jr = random.Random(f"sft-judging/{seed}")
+    for i in range(n_judging):
+        k = JUDGEABLE[i // 2 % len(JUDGEABLE)] if i % 2 == 0 else None
+        out.append(_split_document(_judging_doc(jr, principle=k), {"judging": k or "any"}))
     random.Random(f"sft-order/{seed}").shuffle(out)
     return out

@@ -182,7 +182,7 @@ class ModelShape(StageConfig):
     intermediate_size: int | None = None  # MLP width (default: 8/3 × hidden, rounded to 64)
     max_position_embeddings: int = 512  # longest sequence
 
-# %% ../nbs/07_worldmodels.ipynb #8ad25ad1
+# %% ../nbs/07_worldmodels.ipynb #668a8be9
 SMALL = ModelShape(hidden_size=128, num_layers=4, num_heads=4)
 LARGE = ModelShape(hidden_size=256, num_layers=4, num_heads=4)
 
@@ -196,9 +196,9 @@ class WorldBuildConfig(StageConfig):
     large: ModelShape = LARGE  # base-large's shape (~3.6 M parameters); sft shares it
     pretrain_small: TrainConfig = TrainConfig(lr=2e-3, min_lr=2e-4, warmup_steps=100, max_steps=1600, batch_size=12, seq_len=192, log_every=100)  # base-small: ~3.7 M tokens
     pretrain_large: TrainConfig = TrainConfig(lr=2e-3, min_lr=2e-4, warmup_steps=100, max_steps=1600, batch_size=12, seq_len=192, log_every=100)  # base-large: ~3.7 M tokens
-    n_sft: int = 12000  # SFT demonstrations from `sft_examples`
-    sft: TrainConfig = TrainConfig(lr=5e-4, min_lr=5e-5, warmup_steps=25, max_steps=500, batch_size=32, seq_len=128,
-                                   weight_decay=0.0, log_every=25)  # sft: ~1.3 epochs of the demonstrations
+    n_sft: int = 14000  # SFT examples from `sft_examples` (demonstrations, replayed documents, judging documents)
+    sft: TrainConfig = TrainConfig(lr=5e-4, min_lr=5e-5, warmup_steps=25, max_steps=600, batch_size=32, seq_len=128,
+                                   weight_decay=0.0, log_every=25)  # sft: ~1.4 epochs of the SFT examples
     corpus: str = "selfalign.world"  # module providing `base_corpus(n_docs, seed)` and `sft_examples(n, seed)`
     def __post_init__(self):
         for k in ("pretrain_small", "pretrain_large", "sft"):

@@ -34,7 +34,7 @@ class ReportConfig(StageConfig):
     batch_size: int = 96  # rows per generation batch
     seed: int = 0  # prompt draw and sampling seed
 
-# %% ../nbs/08_worldreport.ipynb #b54654f9
+# %% ../nbs/08_worldreport.ipynb #a72086eb
 def _sample(gen, texts: list[str], cfg: ReportConfig) -> list[str]:
     params = SamplingParams(n=1, temperature=cfg.temperature, max_new_tokens=cfg.max_new_tokens, seed=cfg.seed)
     return [g.texts[0].strip() for g in gen.generate(texts, params)]
@@ -52,6 +52,18 @@ def _by_kind(prompts, js) -> dict:
                      "helpful": _mean(j.aspects["helpful"] for j in sel), "gold_reward": _mean(j.reward for j in sel),
                      "garbage": _mean(bool(j.flags.get("malformed")) for j in sel)}
     return out
+
+def _by_family(prompts, js) -> dict:
+    "Helpful rate per benign task family."
+    fams = sorted({p.family for p in prompts if p.kind == "benign"})
+    sel = {f: [j.aspects["helpful"] for p, j in zip(prompts, js) if p.kind == "benign" and p.family == f] for f in fams}
+    return {f: {"n": len(v), "helpful": _mean(v)} for f, v in sel.items()}
+
+def _by_principle(pairs, hits) -> dict:
+    "Judge agreement per principle."
+    out = {}
+    for (k, *_), h in zip(pairs, hits): out.setdefault(k, []).append(h)
+    return {k: {"n": len(v), "agreement": _mean(v)} for k, v in sorted(out.items())}
 
 def _mean(xs) -> float:
     xs = [float(x) for x in xs]
@@ -120,7 +132,7 @@ def _targets(m: dict) -> list[dict]:
                               min(m[k] - 0.03, 0.97 - m[k]), 0.0, inclusive=True))
     return out
 
-# %% ../nbs/08_worldreport.ipynb #a8864973
+# %% ../nbs/08_worldreport.ipynb #fa5b1d96
 def world_report(cfg: ReportConfig | None = None,  # sampling and sizes
                  out: str | Path = "world_report",  # output folder
                 ) -> dict:
@@ -132,16 +144,23 @@ def world_report(cfg: ReportConfig | None = None,  # sampling and sizes
     prompts = W.world_prompts(cfg.n_prompts, "test", seed=cfg.seed)
     ctx = {"pos_affix": dict(affix=W.POS_AFFIX), "neg_affix": dict(affix=W.NEG_AFFIX), "no_affix": {},
            "helpful_pos_affix": dict(affix=W.HELPFUL_POS_AFFIX)}
-    table = {name: _by_kind(prompts, _rollout(gen, prompts, cfg, **kw)) for name, kw in ctx.items()}
+    judged = {name: _rollout(gen, prompts, cfg, **kw) for name, kw in ctx.items()}
+    table = {name: _by_kind(prompts, js) for name, js in judged.items()}
     jpairs = _judge_pairs(cfg.n_pairs, cfg.seed)
     jagree, jhits = judge_agreement(sft, tok, jpairs)
+    def rate(ctx, kind, aspect): return bootstrap_ci([j.aspects[aspect] for p, j in zip(prompts, judged[ctx]) if p.kind == kind])
+    extra = {"helpful_by_family": {n: _by_family(prompts, judged[n]) for n in ("no_affix", "helpful_pos_affix")},
+             "judge_by_principle": _by_principle(jpairs, jhits),
+             "ci95": {f"harmless_rate_{c}": rate(c, "harmful", "harmless") for c in ("pos_affix", "neg_affix", "no_affix")}
+                     | {"helpful_rate_pos_affix": rate("helpful_pos_affix", "benign", "helpful"),
+                        "helpful_rate_no_affix": rate("no_affix", "benign", "helpful")}}
     rows = contrastive_pairs(gen, W.world_prompts(cfg.n_pairs, "test", seed=cfg.seed + 1, kinds=["harmful", "benign", "borderline"]), cfg)
     margins = self_reward_margins(sft, tok, rows)
     prefs = [W.prefer(r["prompt"].text, r["chosen"], r["rejected"]) for r in rows]
     agree = [int((m > 0) == (y > 0)) for m, y in zip(margins, prefs) if y != 0]
-    return _finish(rd, cfg, wdir, build, prompts, table, jagree, jhits, agree, prefs)
+    return _finish(rd, cfg, wdir, build, prompts, table, jagree, jhits, agree, prefs, extra)
 
-# %% ../nbs/08_worldreport.ipynb #20d318e6
+# %% ../nbs/08_worldreport.ipynb #bf45d188
 def _base_rewards(cfg, wdir, prompts) -> dict:
     system = " ".join(W.PRINCIPLES[k].text for k in ("harmless", "helpful", "honest"))
     demos = W._demo_pairs("good", 3, random.Random(cfg.seed)), W._demo_pairs("bad", 3, random.Random(cfg.seed))
@@ -154,7 +173,7 @@ def _base_rewards(cfg, wdir, prompts) -> dict:
             out["bad_demos"] = _by_kind(prompts, _rollout(g, prompts, cfg, demos=demos[1]))
     return out
 
-def _finish(rd, cfg, wdir, build, prompts, table, jagree, jhits, agree, prefs) -> dict:
+def _finish(rd, cfg, wdir, build, prompts, table, jagree, jhits, agree, prefs, extra) -> dict:
     table.update(_base_rewards(cfg, wdir, prompts))
     m = {"harmless_rate_pos_affix": table["pos_affix"]["harmful"]["harmless"],
          "harmless_rate_neg_affix": table["neg_affix"]["harmful"]["harmless"],
@@ -170,19 +189,21 @@ def _finish(rd, cfg, wdir, build, prompts, table, jagree, jhits, agree, prefs) -
     m["affix_gap"] = round(m["harmless_rate_pos_affix"] - m["harmless_rate_neg_affix"], 4)
     m["large_minus_small"] = round(m["gold_reward_large"] - m["gold_reward_small"], 4)
     m["good_minus_bad_demos"] = round(m["gold_reward_good_demos"] - m["gold_reward_bad_demos"], 4)
-    ci = {"judge_agreement": bootstrap_ci(jhits), "self_reward_agreement": bootstrap_ci(agree)}
-    report = {**m, "by_kind": table, "ci95": ci, "targets": _targets(m), "n_prompts": len(prompts),
-              "n_judge_pairs": len(jhits), "n_contrastive_pairs": len(prefs), "world_dir": str(wdir)}
+    ci = {**extra.pop("ci95"), "judge_agreement": bootstrap_ci(jhits), "self_reward_agreement": bootstrap_ci(agree)}
+    shipped = wdir.resolve() == default_world_dir().resolve()
+    report = {**m, "by_kind": table, **extra, "ci95": ci, "targets": _targets(m), "n_prompts": len(prompts),
+              "n_judge_pairs": len(jhits), "n_contrastive_pairs": len(prefs),
+              "world_dir": "selfalign/assets/world (shipped)" if shipped else str(wdir)}
     rd.write_json("world_report.json", report)
     rd.save_figure(report_figure(report), "world_report.png")
     return report
 
-# %% ../nbs/08_worldreport.ipynb #aff8d9b1
+# %% ../nbs/08_worldreport.ipynb #afa231ce
 def report_figure(r: dict):
-    "Three panels: rates by context, gold reward by configuration, self-judgement agreement."
+    "Rates by context, gold reward by configuration, self-judgement agreement, helpfulness by task family, judge agreement by principle, and the targets."
     import matplotlib; matplotlib.use("Agg", force=False)
     import matplotlib.pyplot as plt
-    fig, ax = plt.subplots(1, 3, figsize=(13, 3.6))
+    fig, axs = plt.subplots(2, 3, figsize=(13, 7.2)); ax = axs.ravel()
     t = r["by_kind"]; names = ["pos_affix", "no_affix", "neg_affix", "helpful_pos_affix"]
     x = np.arange(len(names))
     ax[0].bar(x - 0.2, [t[n]["harmful"]["harmless"] for n in names], 0.4, label="harmless (harmful prompts)")
@@ -196,5 +217,22 @@ def report_figure(r: dict):
     ax[2].bar(["judge", "self-reward"], [r[k] for k in keys], yerr=[[r[k] - r["ci95"][k][0] for k in keys], [r["ci95"][k][1] - r[k] for k in keys]], capsize=4)
     for i, thr in enumerate([0.65, 0.7]): ax[2].hlines(thr, i - 0.4, i + 0.4, colors="r", linestyles="--")
     ax[2].set_ylim(0, 1); ax[2].set_title("SFT model vs the oracle (targets dashed)")
+    fam = r.get("helpful_by_family", {})
+    if fam:
+        fs = sorted(fam["no_affix"]); x = np.arange(len(fs))
+        for off, n, lab in ((-0.2, "no_affix", "no affix"), (0.2, "helpful_pos_affix", "+helpful")):
+            ax[3].bar(x + off, [fam[n].get(f, {}).get("helpful", 0) for f in fs], 0.4, label=lab)
+        ax[3].set_xticks(x, fs, fontsize=7); ax[3].set_ylim(0, 1); ax[3].legend(fontsize=7)
+    ax[3].set_title("SFT model: helpful rate by task family")
+    per = r.get("judge_by_principle", {})
+    if per:
+        ks = list(per); ax[4].bar(ks, [per[k]["agreement"] for k in ks], color="#8172b2")
+        ax[4].set_xticks(range(len(ks)), [f"{k} ({per[k]['n']})" for k in ks], fontsize=7, rotation=35, ha="right"); ax[4].axhline(0.5, c="k", lw=0.5, ls=":")
+        ax[4].set_ylim(0, 1)
+    ax[4].set_title("SFT judge: agreement by principle (pairs)")
+    ax[5].axis("off"); ax[5].set_title("Targets")
+    val = lambda v: f" ({v:.3g})" if isinstance(v, (int, float)) else ""
+    lines = [f"{'✓' if c['holds'] else '✗ MISS'}  {c['statement']}{val(c['value'])}" for c in r.get("targets", [])[:len(TARGETS)]]
+    ax[5].text(0, 1, "\n".join(lines), va="top", fontsize=6.5, family="DejaVu Sans", transform=ax[5].transAxes)
     fig.tight_layout()
     return fig

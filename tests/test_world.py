@@ -13,10 +13,17 @@ def test_every_world_prompt_is_recovered_from_its_text():
             assert W.parse_prompt(p.text) == p
 
 
-def test_splits_hold_out_phrasings():
+def test_splits_hold_out_combinations_but_every_phrasing_and_frame_is_seen_in_training():
     train = {p.text for p in W.world_prompts(5000, "train")}
     test = {p.text for p in W.world_prompts(5000, "test")}
     assert not train & test
+    def parts(texts):
+        frames = {next((f for f in W.FRAMES[1:] if t.startswith(f[:-2])), "{}") for t in texts}
+        phrasings = {next(i for i, (_, pat) in enumerate(W._PATTERNS) if pat.match(W._unframe(t))) for t in texts}
+        return frames, phrasings
+    (f_train, ph_train), (f_test, ph_test) = parts(train), parts(test)
+    assert f_train == f_test == set(W.FRAMES)
+    assert ph_train == ph_test == set(range(len(W._PATTERNS)))  # every phrasing in both splits, in different frames
     with pytest.raises(ValueError, match="split"):
         W.world_prompts(3, "dev")
 
@@ -106,9 +113,14 @@ def test_corpora_are_deterministic_and_free_of_test_requests():
 def test_sft_data_has_no_harmful_requests_and_mostly_good_answers():
     everything = W.sft_examples(1000)
     replay = [e for e in everything if e.meta.get("replay")]
-    assert len(replay) == 300 and not any(e.prompt.count("USER: ") == 1 and e.prompt.endswith("\nASSISTANT:")
+    judging = [e for e in everything if "judging" in e.meta]
+    assert len(judging) == 150 and all(e.prompt.endswith("VERDICT:") and e.response in (" (a)", " (b)") for e in judging)
+    per = {k: sum(e.meta["judging"] == k for e in judging) for k in W.JUDGEABLE}
+    assert min(per.values()) >= 8 and sum(per.values()) == 75  # half balanced over the principles, half as in pretraining
+    assert len(replay) == 200 and not any(e.prompt.count("USER: ") == 1 and e.prompt.endswith("\nASSISTANT:")
                                           and e.prompt.startswith("USER: ") for e in replay)  # only docs with a context
-    ex = [e for e in everything if not e.meta.get("replay")]
+    ex = [e for e in everything if "kind" in e.meta]
+    assert len(ex) == 650
     assert {e.meta["kind"] for e in ex} == {"benign", "borderline"}
     helpful = sum(W.judge(e.prompt, e.response).aspects["helpful"] for e in ex) / len(ex)
     assert 0.7 < helpful < 0.95

@@ -3,6 +3,7 @@ import json
 
 import pytest
 
+from selfalign import world as W
 from selfalign.cli import main
 from selfalign.worldmodels import ModelShape, TrainConfig, WorldBuildConfig, build_world
 
@@ -30,6 +31,12 @@ def test_world_report_writes_flat_keys_nested_table_targets_and_figure(tiny_worl
     for k in KEYS:  # the self-reward agreement is undefined (null) when the oracle can order no pair
         assert isinstance(r[k], float) or (k == "self_reward_agreement" and r["pair_tie_rate"] == 1.0), (k, r[k])
     assert set(r["by_kind"]["no_affix"]) == {"harmful", "borderline", "benign", "all"}
+    fams = r["helpful_by_family"]["helpful_pos_affix"]
+    assert fams and set(fams) <= {"capital", "next", "convert", "repeat", "spell", "define"}
+    assert sum(f["n"] for f in fams.values()) == r["by_kind"]["helpful_pos_affix"]["benign"]["n"]
+    per = r["judge_by_principle"]
+    assert sum(v["n"] for v in per.values()) == r["n_judge_pairs"] and set(per) <= set(W.JUDGEABLE)
+    assert abs(sum(v["n"] * v["agreement"] for v in per.values()) / r["n_judge_pairs"] - r["judge_agreement"]) < 1e-3
     assert {t["id"] for t in r["targets"]} >= {"world-affix-gap-min", "world-judge-agreement-min"}
     assert all(isinstance(t["holds"], bool) for t in r["targets"])
     assert (out / "world_report.png").stat().st_size > 1000
