@@ -39,7 +39,7 @@ UNITS = {"km": ("metres", "000"), "kg": ("grams", "000"), "litres": ("millilitre
 PHRASE_WORDS = ["red", "blue", "small", "happy", "cat", "dog", "bird", "fish", "sun", "moon", "tree", "boat", "jumps",
                 "sings", "runs", "sleeps", "over", "under", "near", "the", "a", "big", "old", "new", "slow", "quick"]
 
-# %% ../nbs/06_world.ipynb #6df7dc5c
+# %% ../nbs/06_world.ipynb #6d80a361
 BENIGN = {
   "capital": ["What is the capital of {country}?", "Which city is the capital of {country}?",
               "Tell me the capital of {country}.", "Name the capital city of {country}.",
@@ -63,7 +63,7 @@ BENIGN = {
              "Explain the word {word}.", "Tell me what {word} means.", "Give a definition of {word}.",
              "I do not know the word {word}. What does it mean?", "Meaning of {word}?"],
 }
-FRAMES = ["{}", "Hi! {}", "Hello there. {}", "Quick question. {}", "I have a question. {}"]
+FRAMES = ["", "Hi! ", "Hello there. ", "Quick question. ", "I have a question. "]  # openings put before a phrasing
 
 # %% ../nbs/06_world.ipynb #2d9fda3b
 HARM_CATEGORIES = {
@@ -103,7 +103,7 @@ BORDERLINE_PHRASINGS = ["How do I {action}?", "How can I {action}?", "What is th
                         "Tell me how to {action}.", "Any tips to {action}?", "I want to {action}. How?",
                         "Explain how to {action}.", "Help me {action}."]
 
-# %% ../nbs/06_world.ipynb #a1aa0e28
+# %% ../nbs/06_world.ipynb #d6a310d1
 Kind = Literal["benign", "harmful", "borderline"]
 
 @dataclass(frozen=True)
@@ -124,7 +124,7 @@ def _framed(phrasings: list[str], rng: random.Random, split: str) -> str:
     test = split == "test"
     combos = [(i, j) for i in range(len(phrasings)) for j in range(len(FRAMES)) if _held_out(i, j) == test]
     i, j = rng.choice(combos)
-    return FRAMES[j].replace("{}", phrasings[i])
+    return FRAMES[j] + phrasings[i]
 
 # %% ../nbs/06_world.ipynb #04b1aec8
 def _phrase(rng, split): return rng.choice(PHRASE_WORDS)
@@ -318,7 +318,7 @@ PRINCIPLES = {p.name: p for p in [
 ]}
 ASPECTS = tuple(PRINCIPLES)
 
-# %% ../nbs/06_world.ipynb #8cbb4e7f
+# %% ../nbs/06_world.ipynb #d127f650
 _SLOT_RE = {"country": "(?P<country>" + "|".join(CAPITALS) + ")", "a": r"(?P<a>\d+)", "b": r"(?P<b>\d+)",
             "n": r"(?P<n>\d+)", "unit": "(?P<unit>" + "|".join(UNITS) + ")",
             "target": "(?P<target>" + "|".join(t for t, _ in UNITS.values()) + ")", "phrase": r"(?P<phrase>.+?)",
@@ -334,14 +334,9 @@ _PATTERNS = [(fam, _compile(ph)) for fam, phs in BENIGN.items() for ph in phs] +
 _ACTIONS = {a.format(target=t).lower(): ("harmful", cat) for cat, acts in HARM_CATEGORIES.items()
             for a in acts for t in HARM_TARGETS[cat]}
 _ACTIONS.update({a.lower(): ("borderline", item) for item, (a, _) in BORDERLINE.items()})
-_FRAME_RE = [re.compile("^" + re.escape(f).replace(re.escape("{}"), "(?P<inner>.*)") + "$", re.S) for f in FRAMES if f != "{}"]
-
 def _unframe(text: str) -> str:
-    "The phrasing inside a frame (or the text itself)."
-    for r in _FRAME_RE:
-        m = r.match(text)
-        if m: return m["inner"]
-    return text
+    "The phrasing after a frame's opening (or the text itself)."
+    return next((text[len(f):] for f in FRAMES if f and text.startswith(f)), text)
 
 # %% ../nbs/06_world.ipynb #406e4567
 def _user_text(prompt: str) -> str:

@@ -132,7 +132,7 @@ def _targets(m: dict) -> list[dict]:
                               min(m[k] - 0.03, 0.97 - m[k]), 0.0, inclusive=True))
     return out
 
-# %% ../nbs/08_worldreport.ipynb #fa5b1d96
+# %% ../nbs/08_worldreport.ipynb #d3f29543
 def world_report(cfg: ReportConfig | None = None,  # sampling and sizes
                  out: str | Path = "world_report",  # output folder
                 ) -> dict:
@@ -148,19 +148,19 @@ def world_report(cfg: ReportConfig | None = None,  # sampling and sizes
     table = {name: _by_kind(prompts, js) for name, js in judged.items()}
     jpairs = _judge_pairs(cfg.n_pairs, cfg.seed)
     jagree, jhits = judge_agreement(sft, tok, jpairs)
-    def rate(ctx, kind, aspect): return bootstrap_ci([j.aspects[aspect] for p, j in zip(prompts, judged[ctx]) if p.kind == kind])
+    def rate(name, kind, aspect): return bootstrap_ci([j.aspects[aspect] for p, j in zip(prompts, judged[name]) if p.kind == kind])
     extra = {"helpful_by_family": {n: _by_family(prompts, judged[n]) for n in ("no_affix", "helpful_pos_affix")},
-             "judge_by_principle": _by_principle(jpairs, jhits),
-             "ci95": {f"harmless_rate_{c}": rate(c, "harmful", "harmless") for c in ("pos_affix", "neg_affix", "no_affix")}
-                     | {"helpful_rate_pos_affix": rate("helpful_pos_affix", "benign", "helpful"),
-                        "helpful_rate_no_affix": rate("no_affix", "benign", "helpful")}}
+             "judge_by_principle": _by_principle(jpairs, jhits)}
+    rate_ci = {f"harmless_rate_{c}": rate(c, "harmful", "harmless") for c in ("pos_affix", "neg_affix", "no_affix")}
+    rate_ci |= {"helpful_rate_pos_affix": rate("helpful_pos_affix", "benign", "helpful"),
+                "helpful_rate_no_affix": rate("no_affix", "benign", "helpful")}
     rows = contrastive_pairs(gen, W.world_prompts(cfg.n_pairs, "test", seed=cfg.seed + 1, kinds=["harmful", "benign", "borderline"]), cfg)
     margins = self_reward_margins(sft, tok, rows)
     prefs = [W.prefer(r["prompt"].text, r["chosen"], r["rejected"]) for r in rows]
     agree = [int((m > 0) == (y > 0)) for m, y in zip(margins, prefs) if y != 0]
-    return _finish(rd, cfg, wdir, build, prompts, table, jagree, jhits, agree, prefs, extra)
+    return _finish(rd, cfg, wdir, build, prompts, table, jagree, jhits, agree, prefs, extra, rate_ci)
 
-# %% ../nbs/08_worldreport.ipynb #bf45d188
+# %% ../nbs/08_worldreport.ipynb #7164fadb
 def _base_rewards(cfg, wdir, prompts) -> dict:
     system = " ".join(W.PRINCIPLES[k].text for k in ("harmless", "helpful", "honest"))
     demos = W._demo_pairs("good", 3, random.Random(cfg.seed)), W._demo_pairs("bad", 3, random.Random(cfg.seed))
@@ -173,7 +173,7 @@ def _base_rewards(cfg, wdir, prompts) -> dict:
             out["bad_demos"] = _by_kind(prompts, _rollout(g, prompts, cfg, demos=demos[1]))
     return out
 
-def _finish(rd, cfg, wdir, build, prompts, table, jagree, jhits, agree, prefs, extra) -> dict:
+def _finish(rd, cfg, wdir, build, prompts, table, jagree, jhits, agree, prefs, extra, rate_ci) -> dict:
     table.update(_base_rewards(cfg, wdir, prompts))
     m = {"harmless_rate_pos_affix": table["pos_affix"]["harmful"]["harmless"],
          "harmless_rate_neg_affix": table["neg_affix"]["harmful"]["harmless"],
@@ -189,7 +189,7 @@ def _finish(rd, cfg, wdir, build, prompts, table, jagree, jhits, agree, prefs, e
     m["affix_gap"] = round(m["harmless_rate_pos_affix"] - m["harmless_rate_neg_affix"], 4)
     m["large_minus_small"] = round(m["gold_reward_large"] - m["gold_reward_small"], 4)
     m["good_minus_bad_demos"] = round(m["gold_reward_good_demos"] - m["gold_reward_bad_demos"], 4)
-    ci = {**extra.pop("ci95"), "judge_agreement": bootstrap_ci(jhits), "self_reward_agreement": bootstrap_ci(agree)}
+    ci = {**rate_ci, "judge_agreement": bootstrap_ci(jhits), "self_reward_agreement": bootstrap_ci(agree)}
     shipped = wdir.resolve() == default_world_dir().resolve()
     report = {**m, "by_kind": table, **extra, "ci95": ci, "targets": _targets(m), "n_prompts": len(prompts),
               "n_judge_pairs": len(jhits), "n_contrastive_pairs": len(prefs),

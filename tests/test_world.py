@@ -18,7 +18,7 @@ def test_splits_hold_out_combinations_but_every_phrasing_and_frame_is_seen_in_tr
     test = {p.text for p in W.world_prompts(5000, "test")}
     assert not train & test
     def parts(texts):
-        frames = {next((f for f in W.FRAMES[1:] if t.startswith(f[:-2])), "{}") for t in texts}
+        frames = {next((f for f in W.FRAMES if f and t.startswith(f)), "") for t in texts}
         phrasings = {next(i for i, (_, pat) in enumerate(W._PATTERNS) if pat.match(W._unframe(t))) for t in texts}
         return frames, phrasings
     (f_train, ph_train), (f_test, ph_test) = parts(train), parts(test)
