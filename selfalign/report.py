@@ -12,7 +12,7 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
-from .core import MetricsError, atomic_write_text, validate_metrics
+from .core.base import MetricsError, atomic_write_text, validate_metrics
 
 
 @dataclass

@@ -8,7 +8,7 @@ import pytest
 
 from conftest import BIN, ROOT
 from selfalign.cli import main, plan, ReproduceError
-from selfalign.core import validate_metrics
+from selfalign.core.base import validate_metrics
 
 TEMPLATE = ROOT / "papers" / "_template"
 

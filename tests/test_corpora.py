@@ -1,4 +1,4 @@
-"""selfalign.corpora: the vendored prompt sets load with their advertised counts and licences, and the hub
+"""selfalign.data.corpora: the vendored prompt sets load with their advertised counts and licences, and the hub
 preference adapters read fixture files in the hubs' schemas exactly, skipping and counting unusable rows and
 naming file, row and field for malformed ones."""
 import gzip
@@ -12,10 +12,10 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from selfalign import corpora
-from selfalign.corpora import (HH_SKIPS, PKU_SKIPS, PROMPT_SOURCES, load_hh_rlhf, load_pku_saferlhf,
+from selfalign.data import corpora
+from selfalign.data.corpora import (HH_SKIPS, PKU_SKIPS, PROMPT_SOURCES, load_hh_rlhf, load_pku_saferlhf,
                                offline_prompt_mix, offline_prompts, prompts_dir, stratified_subset, vendor_prompts)
-from selfalign.data import CHAT_TEMPLATES, DataError, PreferencePair
+from selfalign.data.records import CHAT_TEMPLATES, DataError, PreferencePair
 
 FIX = Path(__file__).parent / "fixtures"
 HH, HH_BAD = FIX / "hh_rlhf.jsonl", FIX / "hh_rlhf_malformed.jsonl"

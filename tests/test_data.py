@@ -1,4 +1,4 @@
-"""selfalign.data: read-time validation with file:line:field errors, exact JSONL and datasets round trips,
+"""selfalign.data.records: read-time validation with file:line:field errors, exact JSONL and datasets round trips,
 atomic writes, and the pinned chat templates."""
 import os
 
@@ -13,7 +13,7 @@ from pathlib import Path
 import datasets
 import pytest
 
-from selfalign.data import (CHAT_TEMPLATES, DataError, MultiNegativeGroup, PreferencePair, SFTExample,
+from selfalign.data.records import (CHAT_TEMPLATES, DataError, MultiNegativeGroup, PreferencePair, SFTExample,
                             expand_groups, from_dataset, group_pairs, iter_jsonl, read_jsonl, render_prompt,
                             to_dataset, validate_record, write_jsonl)
 

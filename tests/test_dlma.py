@@ -10,13 +10,13 @@ import papermill as pm
 import pytest
 import torch
 
-import selfalign.dlma as D
+import selfalign.bands.dlma as D
 from conftest import BIN, ROOT
 from selfalign.cli import plan
-from selfalign.core import validate_metrics
-from selfalign.data import DataError, PreferencePair
-from selfalign.worldmodels import load_world_model
-from selfalign import world as W
+from selfalign.core.base import validate_metrics
+from selfalign.data.records import DataError, PreferencePair
+from selfalign.world.models import load_world_model
+from selfalign.world import base as W
 
 FIXTURES = ROOT / "tests" / "fixtures"
 CLAIMS = ["dlma-selfreward-beats-rlaif", "dlma-beats-sft", "dlma-beats-rlcd", "dlma-matches-rlhf"]

@@ -61,7 +61,7 @@ def test_pages_cover_methods_notebooks_api_and_reproductions(site):
     assert re.search(r"<h[2-6][^>]*>dpo_loss<", losses)  # the exported function's card
     assert "strength of the KL constraint" in losses  # its documented parameter, from the notebook's comment
     api = (site / "api" / "losses.html").read_text(encoding="utf-8")
-    assert "selfalign.losses.dpo_loss" in api and "strength of the KL constraint" in api
+    assert "selfalign.objectives.losses.dpo_loss" in api and "strength of the KL constraint" in api
     for m in ("dpo", "dlma", "self_contrast"):
         assert (site / "methods" / f"{m}.html").exists(), m
     dpo = (site / "reproductions" / "dpo.html").read_text(encoding="utf-8")

@@ -9,13 +9,13 @@ import torch
 
 from conftest import BIN, ROOT
 from selfalign.cli import plan
-from selfalign.core import validate_metrics
-from selfalign.data import DataError, PreferencePair
-from selfalign.dpo import DPOBandConfig, band_prompts, dataset_pairs
-from selfalign.logps import completion_logps
-from selfalign.train import PreferenceStageConfig, RewardStageConfig, SFTStageConfig, run_preference, run_reward, run_sft
-from selfalign.worldmodels import load_world_model
-from selfalign import world as W
+from selfalign.core.base import validate_metrics
+from selfalign.data.records import DataError, PreferencePair
+from selfalign.bands.dpo import DPOBandConfig, band_prompts, dataset_pairs
+from selfalign.objectives.logps import completion_logps
+from selfalign.trainers.stages import PreferenceStageConfig, RewardStageConfig, SFTStageConfig, run_preference, run_reward, run_sft
+from selfalign.world.models import load_world_model
+from selfalign.world import base as W
 
 FIXTURES = ROOT / "tests" / "fixtures"
 CLAIMS = ["dpo-rm-accuracy", "dpo-rm-reward-up", "dpo-beats-sft", "dpo-frontier"]

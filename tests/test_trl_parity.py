@@ -1,4 +1,4 @@
-"""Our DPO loss (selfalign.logps + selfalign.losses) equals TRL 1.16 DPOTrainer's on the same batch."""
+"""Our DPO loss (selfalign.objectives.logps + selfalign.objectives.losses) equals TRL 1.16 DPOTrainer's on the same batch."""
 import math
 
 import pytest
@@ -6,9 +6,9 @@ import torch
 from datasets import Dataset
 from transformers import AutoModelForCausalLM
 
-from selfalign.logps import sequence_logps, concatenated_forward
-from selfalign.losses import dpo_loss
-from selfalign.models import tiny_causal_lm
+from selfalign.objectives.logps import sequence_logps, concatenated_forward
+from selfalign.objectives.losses import dpo_loss
+from selfalign.models.loader import tiny_causal_lm
 
 PAIRS = [
     ("What is 2+3?", " 5.", " I will not say."),

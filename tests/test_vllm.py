@@ -24,14 +24,14 @@ from pathlib import Path
 import pytest
 import torch
 
-import selfalign.self_contrast as S
-from selfalign import world as W
-from selfalign.generate import (CachedGenerator, GenerateConfig, Generator, HFGenerator, SamplingParams, generate_to_shards,
+import selfalign.bands.self_contrast as S
+from selfalign.world import base as W
+from selfalign.generate.base import (CachedGenerator, GenerateConfig, Generator, HFGenerator, SamplingParams, generate_to_shards,
                                 make_generator, prompt_seed, read_shards, render_prompts)
-from selfalign.models import SMOLLM2_NAME, cache_root, load_smollm2
-from selfalign.vllm_backend import (PortInUseError, VLLMGenerator, VLLMRequestError, VLLMServerError, default_vllm_python,
+from selfalign.models.loader import SMOLLM2_NAME, cache_root, load_smollm2
+from selfalign.generate.vllm import (PortInUseError, VLLMGenerator, VLLMRequestError, VLLMServerError, default_vllm_python,
                                     group_pids, vllm_model_dir)
-from selfalign.worldmodels import default_world_dir, load_world_model
+from selfalign.world.models import default_world_dir, load_world_model
 
 from conftest import ROOT
 

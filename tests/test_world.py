@@ -4,7 +4,7 @@ import string
 
 import pytest
 
-from selfalign import world as W
+from selfalign.world import base as W
 
 
 def test_every_world_prompt_is_recovered_from_its_text():

@@ -1,7 +1,7 @@
 """The committed world (selfalign/assets/world) is what the code's default recipe builds, and small enough to commit."""
 import json
 
-from selfalign.worldmodels import (WorldBuildConfig, check_reproducible, config_hash, default_world_dir,
+from selfalign.world.models import (WorldBuildConfig, check_reproducible, config_hash, default_world_dir,
                                    load_world_model)
 
 WORLD = default_world_dir()

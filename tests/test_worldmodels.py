@@ -1,4 +1,4 @@
-"""selfalign.worldmodels: digit tokens, packing, SFT masks, reproducible training, and the world build (cache,
+"""selfalign.world.models: digit tokens, packing, SFT masks, reproducible training, and the world build (cache,
 loading, the reproducibility check, interrupted builds) on a toy budget."""
 import os
 
@@ -12,11 +12,11 @@ import pytest
 import torch
 from transformers import LlamaConfig, LlamaForCausalLM
 
-from selfalign import worldmodels as wm
+from selfalign.world import models as wm
 from selfalign.cli import main
-from selfalign.data import SFTExample
-from selfalign.models import model_fingerprint, tiny_causal_lm, train_tokenizer
-from selfalign.worldmodels import (ModelShape, TrainConfig, WorldBuildConfig, build_world, check_reproducible,
+from selfalign.data.records import SFTExample
+from selfalign.models.loader import model_fingerprint, tiny_causal_lm, train_tokenizer
+from selfalign.world.models import (ModelShape, TrainConfig, WorldBuildConfig, build_world, check_reproducible,
                                    collate_sft, encode_sft, load_world_model, pack_documents, pretrain, sft_train)
 
 TEXTS = [f"USER: What is {a} plus {b}?\nASSISTANT: {a} plus {b} is {a + b}." for a in range(40) for b in range(0, 40, 3)]

@@ -3,9 +3,9 @@ import json
 
 import pytest
 
-from selfalign import world as W
+from selfalign.world import base as W
 from selfalign.cli import main
-from selfalign.worldmodels import ModelShape, TrainConfig, WorldBuildConfig, build_world
+from selfalign.world.models import ModelShape, TrainConfig, WorldBuildConfig, build_world
 
 KEYS = ["harmless_rate_pos_affix", "harmless_rate_neg_affix", "harmless_rate_no_affix", "helpful_rate_pos_affix",
         "helpful_rate_no_affix", "gold_reward_large", "gold_reward_small", "gold_reward_good_demos",

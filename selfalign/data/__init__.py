@@ -1,0 +1,1 @@
+"""Records and their validation, JSONL, chat templates, and the corpora (hub datasets and vendored prompt sets)."""

@@ -1,0 +1,1 @@
+"""Judges: the Judge protocol, the refusal proxy, reward models, the self-judge and DLMA's self-reward, embeddings."""

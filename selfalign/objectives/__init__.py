@@ -1,0 +1,1 @@
+"""Pure tensor functions: log-prob gathering and the preference losses."""

@@ -1,0 +1,1 @@
+"""Training stages: SFT and reward over TRL, preference (DPO family), multi-negative."""
