@@ -37,7 +37,7 @@ from trl import DPOConfig, DPOTrainer
 from selfalign.core.base import atomic_write_json, env_info
 from selfalign.data.records import render_prompt
 from selfalign.models.loader import LoraSpec, load_smollm2
-from selfalign.trainers.stages import PreferenceTrainer, PreferenceStageConfig, _trl_args
+from selfalign.trainers.stages import PreferenceTrainer, PreferenceStageConfig, trl_args
 from selfalign.world import base as W
 from selfalign.world.models import load_world_model
 
@@ -60,7 +60,7 @@ def build(kind, model_fn, tok, ds, steps, bs, lr, out):
     if kind.startswith("selfalign"):
         cfg = PreferenceStageConfig(output_dir=out, batch_size=bs, max_steps=steps, learning_rate=lr, logging_steps=1,
                                     lr_scheduler_type="linear", max_length=1024, bf16=kind.endswith("bf16"))
-        return PreferenceTrainer(model=policy, args=_trl_args(cfg, DPOConfig, beta=0.1, precompute_ref_log_probs=True),
+        return PreferenceTrainer(model=policy, args=trl_args(cfg, DPOConfig, beta=0.1, precompute_ref_log_probs=True),
                                  train_dataset=ds, processing_class=tok, loss="dpo", loss_kwargs={"beta": 0.1})
     args = DPOConfig(**common) if kind == "trl-default" else DPOConfig(**common, bf16=False, gradient_checkpointing=False)
     return DPOTrainer(model=policy, ref_model=ref, args=args, train_dataset=ds, processing_class=tok)

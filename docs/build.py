@@ -1,15 +1,18 @@
 """Build the selfalign docs site offline, and refresh the notebooks' committed outputs.
 
     python docs/build.py build [--runs runs] [--out docs/_build/html]   # the site (make docs)
-    python docs/build.py outputs [nbs/NN_name.ipynb ...]                # re-execute notebooks, keep clean outputs
+    python docs/build.py outputs [nbs/<layer>/NN_name.ipynb | nbs/<layer> ...]   # re-execute, keep clean outputs
 
-The site is Sphinx + myst-nb with the book theme. Notebooks are rendered from their saved outputs (the docs never
-execute anything) after nbdev's own processors strip directives (`#| export`, `#| hide`, `#| default_exp`); every
-exported cell is replaced by a card per exported name (signature with its documented parameters, docstring), as
-`nbdev-docs` does with `show_doc`. The API reference is autodoc over the package, with nbdev's docments comments as
-parameter descriptions. Each paper gets a reproductions page read from the latest run folder (`runs/<paper>/<config>/
-metrics.json` and its figures). MathJax is served from the site itself (the `jupyter-server-mathjax` wheel), so the
-site works without a network.
+The site is Sphinx + myst-nb with the book theme. Every `nbs/**/NN_*.ipynb` becomes a page at
+`nbs/<layer>/NN_name.html` (found by globbing at build time, so a notebook added to any folder shows up), and the
+Notebooks page lists them under one heading per layer folder, in the layer order (`LAYERS`). Notebooks are rendered
+from their saved outputs (the docs never execute anything) after nbdev's own processors strip directives (`#| export`,
+`#| hide`, `#| default_exp`); every exported cell is replaced by a card per exported name (signature with its
+documented parameters, docstring), as `nbdev-docs` does with `show_doc`. The API reference is autodoc over the package,
+one page per module named after it (`api/objectives.losses.html`), grouped by layer too, with nbdev's docments comments
+as parameter descriptions. Each paper gets a reproductions page read from the latest run folder
+(`runs/<paper>/<config>/metrics.json` and its figures). MathJax is served from the site itself (the
+`jupyter-server-mathjax` wheel), so the site works without a network.
 """
 from __future__ import annotations
 
@@ -27,12 +30,55 @@ ROOT = DOCS.parent
 NBS = ROOT / "nbs"
 PAPERS = ROOT / "papers"
 
+# The package's layers, lowest first (design.md), with what each folder holds; the docs list notebooks and modules in
+# this order, one heading per folder. A folder not listed here comes after them, alphabetically; the top level
+# (`cli`, `report`; a notebook directly in nbs/) comes last.
+LAYERS = {
+    "core": "seeding, run folders, environment capture, the metrics and claims contract, stage configs",
+    "data": "records and their validation, JSONL, chat templates, prompt and preference corpora",
+    "models": "the one model loader, the tiny Llama and its tokenizer, SmolLM2",
+    "generate": "the Generator protocol and its backends (hf, vLLM), shards and the cache",
+    "objectives": "per-sequence log-probabilities and the preference losses, as pure tensor functions",
+    "trainers": "SFT, reward and preference stages over TRL, multi-negative training",
+    "judges": "the Judge protocol and its judges (embeddings, reward models, self-judging, proxies)",
+    "eval": "sampling a policy, KL on samples, win rates with intervals, best-of-N",
+    "world": "the miniature world: prompts, behaviours, principles, the oracle, its models and report",
+    "bands": "the band driver and one module per paper",
+}
+
 # What the docs call each paper band (folder name -> title); a band without an entry uses its folder name.
 PAPER_TITLES = {"dpo": "DPO (DeepSpeed-Chat style)", "dlma": "DLMA", "self_contrast": "Self-Contrast",
                 "almost": "ALMoST", "salmon": "SALMON"}
 
 # ---------------------------------------------------------------------------------------------------------------
 # notebooks -> pages
+
+
+def _layer_key(folder: str) -> tuple:
+    "Sort key of a layer folder: the `LAYERS` order, then unknown folders alphabetically, the top level last."
+    order = list(LAYERS)
+    if folder == "": return (2, 0, "")
+    return (0, order.index(folder), "") if folder in order else (1, 0, folder)
+
+
+def find_notebooks(nbs: Path = NBS) -> list[Path]:
+    "Every library notebook under `nbs` (`**/NN_name.ipynb`, any depth), in layer order, then by path."
+    found = [p for p in nbs.glob("**/[0-9]*.ipynb")
+             if not any(part.startswith((".", "_")) for part in p.relative_to(nbs).parts)]  # checkpoints, drafts
+    return sorted(found, key=lambda p: (_layer_key(p.relative_to(nbs).parts[0] if len(p.relative_to(nbs).parts) > 1 else ""),
+                                        p.relative_to(nbs).as_posix()))
+
+
+def notebook_id(path: Path, nbs: Path = NBS) -> str:
+    "A notebook's name in the docs and the tests: its path under `nbs/` without the suffix (`core/00_base`)."
+    return path.relative_to(nbs).with_suffix("").as_posix()
+
+
+def by_layer(names: list[str], sep: str = "/") -> list[tuple[str, list[str]]]:
+    "Group `layer/rest` names by their layer folder (a name without `sep` is top level, \"\"), in layer order."
+    groups: dict[str, list[str]] = {}
+    for n in names: groups.setdefault(n.split(sep, 1)[0] if sep in n else "", []).append(n)
+    return [(k, groups[k]) for k in sorted(groups, key=_layer_key)]
 
 _PROGRESS = re.compile(r"\d+%\|.*\||\d+(\.\d+)?(it/s|s/it)\b")
 
@@ -66,7 +112,10 @@ def process_notebook(path: Path):
     module = None
     for c in nb.cells:
         m = re.match(r"#\|\s*default_exp\s+(\S+)", c.source) if c.cell_type == "code" else None
-        if m: module = importlib.import_module(f"selfalign.{m.group(1)}")
+        if not m: continue
+        try: module = importlib.import_module(f"selfalign.{m.group(1)}")
+        except ImportError as e:
+            raise SystemExit(f"{path}: its module selfalign.{m.group(1)} does not import ({e}); run `make export`") from e
     cells = []
     for c in nb.cells:  # cards first, while the `#| export` directives are still there
         cells.append(c)
@@ -92,6 +141,15 @@ def process_notebook(path: Path):
         out.cells.append(c)
     nbformat.validate(out)
     return out
+
+
+def notebook_summary(nb) -> str:
+    "The notebook's one-line `>` summary under its title (nbdev's description), or \"\"."
+    for c in nb.cells:
+        if c.cell_type == "markdown":
+            m = re.search(r"^>\s*(.+)$", c.source, re.M)
+            if m: return m.group(1).strip()
+    return ""
 
 
 def notebook_title(nb) -> str:
@@ -147,13 +205,35 @@ def reproduction_page(paper: str, run_dirs: list[Path], dest: Path) -> str:
 # ---------------------------------------------------------------------------------------------------------------
 # the site
 
-def _api_modules() -> list[str]:
-    return sorted(p.stem for p in (ROOT / "selfalign").glob("*.py") if not p.stem.startswith("_"))
+def api_modules(pkg: Path = ROOT / "selfalign") -> list[str]:
+    "Every public module of the package, dotted under it (`objectives.losses`, `cli`), in layer order."
+    mods = []
+    for p in pkg.rglob("*.py"):
+        rel = p.relative_to(pkg).with_suffix("").parts
+        if p.stem == "__init__": rel = rel[:-1]
+        if len(rel) < (2 if p.stem == "__init__" else 1): continue  # the package and its layers' __init__s
+        if any(part.startswith(("_", ".")) for part in rel) or "assets" in rel: continue
+        mods.append(".".join(rel))
+    return [m for _, ms in by_layer(sorted(mods), sep=".") for m in ms]
 
 
 def _toctree(caption: str, entries: list[str], hidden: bool = True) -> str:
     return "\n".join(["```{toctree}", f":caption: {caption}", ":maxdepth: 1", *([":hidden:"] if hidden else []), "",
                       *entries, "```", ""])
+
+
+def _by_layer_sections(names: list[str], label, summary=None, sep: str = "/", top: str = "Top level") -> str:
+    """One `##` heading per layer folder (layer order), its one-line description, and a toctree of its entries (titled
+    `label(entry)`, or the page's own title when that is None). With `summary`, the entries are a list of links with
+    their summaries and the toctree (the site's navigation) is hidden."""
+    md = []
+    for layer, entries in by_layer(names, sep):
+        md += [f"## `{layer}/`" if layer else f"## {top}", ""]
+        if layer and LAYERS.get(layer): md += [LAYERS[layer][0].upper() + LAYERS[layer][1:] + ".", ""]
+        if summary: md += [f"- [`{label(e)}`]({e}.ipynb)" + (f": {summary(e)}" if summary(e) else "") for e in entries] + [""]
+        md += ["```{toctree}", ":maxdepth: 1", *([":hidden:"] if summary else []), "",
+               *[f"{label(e)} <{e}>" if label(e) else e for e in entries], "```", ""]
+    return "\n".join(md)
 
 
 def assemble(src: Path, runs: Path) -> dict:
@@ -163,22 +243,31 @@ def assemble(src: Path, runs: Path) -> dict:
     for f in ("conf.py", "index.md"): shutil.copy2(DOCS / f, src / f)
     shutil.copytree(DOCS / "methods", src / "methods")
     shutil.copy2(ROOT / "README.md", src / "README.md")
-    # notebooks
+    # notebooks: nbs/<layer>/NN_name.ipynb -> the page nbs/<layer>/NN_name.html, listed by layer on nbs/index
     (src / "nbs").mkdir()
     notebooks = []
     import nbformat
-    for path in sorted(NBS.glob("[0-9]*.ipynb")):
+    for path in find_notebooks():
         nb = process_notebook(path)
-        nbformat.write(nb, src / "nbs" / path.name)
-        notebooks.append((path.stem, notebook_title(nb)))
-    # API reference
+        name = notebook_id(path)
+        (src / "nbs" / name).parent.mkdir(parents=True, exist_ok=True)
+        nbformat.write(nb, src / "nbs" / f"{name}.ipynb")
+        notebooks.append((name, notebook_title(nb), notebook_summary(nb)))
+    (src / "nbs" / "index.md").write_text(
+        "# Notebooks\n\nThe library, one concept per notebook, each the source of one module, grouped by the layer "
+        "folder it lives in (lowest first: a module imports only from the layers above it on this page).\n\n"
+        + _by_layer_sections([n for n, _, _ in notebooks], {n: n.rsplit("/", 1)[-1] for n, _, _ in notebooks}.get,
+                             {n: d for n, _, d in notebooks}.get), encoding="utf-8")
+    # API reference: one page per module, api/<dotted name>.html
     (src / "api").mkdir()
-    for mod in _api_modules():
+    modules = api_modules()
+    for mod in modules:
         (src / "api" / f"{mod}.md").write_text(f"# `selfalign.{mod}`\n\n```{{eval-rst}}\n.. automodule:: selfalign.{mod}\n"
                                                "   :members:\n   :show-inheritance:\n```\n", encoding="utf-8")
     (src / "api" / "index.md").write_text("# API reference\n\nGenerated from the exported modules' docstrings; each "
                                           "parameter's description is its comment in the notebook that defines it.\n\n"
-                                          + _toctree("Modules", [m for m in _api_modules()], hidden=False), encoding="utf-8")
+                                          + _by_layer_sections(modules, lambda m: None, sep=".", top="Top level: the command line and the report"),
+                                          encoding="utf-8")
     # reproductions
     rdir = src / "reproductions"; rdir.mkdir()
     papers = sorted(p.name for p in PAPERS.iterdir() if p.is_dir() and not p.name.startswith("_") and (p / "reproduce.ipynb").exists())
@@ -195,10 +284,10 @@ def assemble(src: Path, runs: Path) -> dict:
             [m for m in methods if m not in ("dpo", "dlma", "almost", "self_contrast", "salmon")]
     with open(src / "index.md", "a", encoding="utf-8") as f:
         f.write("\n" + _toctree("Methods", [f"methods/{m}" for m in order]))
-        f.write(_toctree("Notebooks", [f"nbs/{stem}" for stem, _ in notebooks]))
+        f.write(_toctree("Notebooks", ["nbs/index"]))
         f.write(_toctree("Reproductions", ["reproductions/index"]))
         f.write(_toctree("Reference", ["api/index"]))
-    return {"notebooks": notebooks, "papers": found, "modules": _api_modules(), "methods": order}
+    return {"notebooks": notebooks, "papers": found, "modules": modules, "methods": order}
 
 
 def mathjax_dir() -> Path:
@@ -250,7 +339,7 @@ def execute(paths: list[Path], timeout: int = 900) -> None:
         nb = nbformat.read(path, as_version=4)
         skipped = {i: c.source for i, c in enumerate(nb.cells) if c.cell_type == "code" and _SKIP.search(c.source)}
         for i in skipped: nb.cells[i].source = "pass  # skipped when executing for the docs"
-        print(f"executing {path.name}", file=sys.stderr, flush=True)
+        print(f"executing {path.relative_to(ROOT) if path.is_relative_to(ROOT) else path}", file=sys.stderr, flush=True)
         NotebookClient(nb, timeout=timeout, kernel_name="python3", resources={"metadata": {"path": str(path.parent)}}).execute()
         for i, s in skipped.items(): nb.cells[i].source, nb.cells[i].outputs = s, []
         clean_outputs(nb)
@@ -265,7 +354,7 @@ def main(argv=None) -> int:
     b.add_argument("--runs", default=str(ROOT / "runs"), help="the reproduce output folder to read (default: runs/)")
     b.add_argument("--out", default=str(DOCS / "_build" / "html"), help="where the HTML goes")
     o = sub.add_parser("outputs", help="re-execute notebooks and save their cleaned outputs")
-    o.add_argument("notebooks", nargs="*", help="default: every nbs/NN_*.ipynb")
+    o.add_argument("notebooks", nargs="*", help="notebooks or folders of them (default: every nbs/**/NN_*.ipynb)")
     a = ap.parse_args(argv)
     if a.cmd == "build":
         info = build(Path(a.runs).resolve(), Path(a.out).resolve())
@@ -273,7 +362,9 @@ def main(argv=None) -> int:
               + ", ".join(f"{p} ({len(r)} run{'s' if len(r) != 1 else ''})" for p, r in info["papers"].items()))
         print(f"docs: {info['index']}")
     else:
-        execute([Path(p).resolve() for p in a.notebooks] or sorted(NBS.glob("[0-9]*.ipynb")))
+        paths = [q for p in map(Path, a.notebooks) for q in (find_notebooks(p.resolve()) if p.is_dir() else [p.resolve()])]
+        if a.notebooks and not paths: raise SystemExit(f"no notebooks in {' '.join(a.notebooks)}")
+        execute(paths if a.notebooks else find_notebooks())
     return 0
 
 

@@ -20,7 +20,7 @@ import pytest  # noqa: E402
 # shrink the two slowest so that the suite stays well inside the CI budget.
 TINY_OVERRIDES = {
     "dpo": {},
-    "dlma": {"n_prompts": 400, "n_eval": 100, "dpo_steps": 20, "cd_steps": 20},
+    "dlma": {"n_prompts": 400, "n_eval": 100, "steps": 20, "cd_steps": 20},
     "self_contrast": {"n_prompts": 96, "n_eval": 120, "steps": 12},
 }
 

@@ -75,7 +75,7 @@ def test_configs_resolve_at_every_scale(tmp_path):
             D.DLMABandConfig.from_params({**_defaults(), **job.parameters})
     (paper,) = plan("dlma", "paper", tmp_path, configs=["main"])
     p = paper.parameters
-    assert (p["optim"], p["dpo_lr"], p["beta"] if "beta" in p else 0.1, p["batch_size"] * p["grad_accum"]) == ("rmsprop", 5e-7, 0.1, 64)
+    assert (p["optim"], p["lr"], p["beta"] if "beta" in p else 0.1, p["batch_size"] * p["grad_accum"]) == ("rmsprop", 5e-7, 0.1, 64)
 
 
 def test_pku_saferlhf_prompts_from_the_fixture():

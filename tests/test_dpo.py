@@ -93,7 +93,7 @@ def test_band_configs_resolve_at_every_scale(tmp_path):
     for scale in ("tiny", "small", "paper"):
         (job,) = plan("dpo", scale, tmp_path)
         band = DPOBandConfig.from_params({**_notebook_defaults(), **job.parameters})
-        assert band.main_beta in band.betas
+        assert band.beta in band.betas
     assert plan("dpo", "paper", tmp_path)[0].parameters["policy"] == "meta-llama/Llama-2-7b-hf"
     (job,) = plan("dpo", "paper", tmp_path, files=[ROOT / "papers" / "dpo" / "overlays" / "qlora.yaml"])
     assert job.parameters["quantization"] == "4bit" and job.parameters["batch_size"] * job.parameters["grad_accum"] == 128
@@ -109,7 +109,7 @@ def test_paper_scale_pairs_and_prompts_from_the_hh_rlhf_fixture(world):
 
 
 def test_bad_band_configs_fail_clearly():
-    with pytest.raises(ValueError, match="main_beta"): DPOBandConfig(betas=(0.1,), main_beta=0.3)
+    with pytest.raises(ValueError, match="one of betas"): DPOBandConfig(betas=(0.1,), beta=0.3)
     with pytest.raises(ValueError, match="oracle judges world prompts"): DPOBandConfig(prompts="offline")
     with pytest.raises(ValueError, match="sampled pairs"): DPOBandConfig(judge="rm")
 
@@ -131,7 +131,7 @@ def test_reproduce_dpo_tiny_writes_the_run_folder(tiny_run):
 
 def test_reproduce_dpo_small_smoke(tmp_path):
     "The small scale end to end (SmolLM2 + LoRA, vendored prompts, the proxy judge), cut to a minimal size."
-    over = {"n_prompts": "12", "n_eval": "4", "sft_steps": "1", "rm_steps": "2", "dpo_steps": "2", "max_new_tokens": "16",
+    over = {"n_prompts": "12", "n_eval": "4", "sft_steps": "1", "rm_steps": "2", "steps": "2", "max_new_tokens": "16",
             "betas": "[0.3]", "bon_ns": "[1, 2]", "samples_per_prompt": "3"}
     args = [str(BIN / "selfalign"), "reproduce", "dpo", "--scale", "small", "--out", str(tmp_path)]
     for k, v in over.items(): args += ["-p", k, v]

@@ -11,9 +11,9 @@ import sys
 import pytest
 import torch
 
-from selfalign.generate.base import (CachedGenerator, GenerateConfig, Generation, Generator, HFGenerator, SamplingParams,
-                                ShardMismatchError, generate_to_shards, prompt_seed, read_shards, render_prompts,
-                                template_params)
+from selfalign.generate.base import (BACKENDS, CachedGenerator, GenerateConfig, Generation, Generator, HFGenerator,
+                                     SamplingParams, ShardMismatchError, backend_factory, generate_to_shards,
+                                     make_generator, prompt_seed, read_shards, render_prompts, template_params)
 from selfalign.models.loader import model_fingerprint, tiny_causal_lm
 
 PROMPTS = ["Hello there", "The capital of France is", "A", "Water boils at 100 degrees Celsius at sea level",
@@ -256,3 +256,32 @@ def test_cli_writes_shards(tiny, hf, tmp_path):
     bad = subprocess.run([sys.executable, "-m", "selfalign.generate.base", "--config", str(tmp_path / "nope.json"),
                           "--out", str(tmp_path / "run2")], capture_output=True, text=True, timeout=120)
     assert bad.returncode == 2 and "nope.json" in bad.stderr
+
+
+def test_backend_registry_names_vllm_without_importing_it():
+    code = ("import sys, selfalign.generate.base as b\n"
+            "assert 'selfalign.generate.vllm' not in sys.modules, 'generate.base imported generate.vllm'\n"
+            "f = b.backend_factory('vllm')\n"
+            "import selfalign.generate.vllm as v\n"
+            "assert f is v.vllm_backend\n"
+            "print(sorted(b.BACKENDS))")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300,
+                       env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert r.stdout.strip() == "['hf', 'vllm']"
+
+
+def test_make_generator_builds_the_named_backend(tiny, tmp_path, monkeypatch):
+    model, tok = tiny
+    model.save_pretrained(tmp_path / "model"); tok.save_pretrained(tmp_path / "model")
+    g = make_generator(GenerateConfig(model=str(tmp_path / "model"), dtype="fp32", batch_size=3))
+    assert isinstance(g, HFGenerator) and g.batch_size == 3 and g.dtype == torch.float32
+    monkeypatch.setenv("SELFALIGN_CACHE", str(tmp_path / "cache"))
+    cached = make_generator(GenerateConfig(model=str(tmp_path / "model"), dtype="fp32", cache=True))
+    assert isinstance(cached, CachedGenerator) and isinstance(cached.generator, HFGenerator)
+    assert cached.path == tmp_path / "cache" / "generations" / "generations.sqlite"
+    cached.close()
+    seen = []
+    monkeypatch.setitem(BACKENDS, "hf", lambda cfg, dtype: seen.append((cfg.model, dtype)) or "built")
+    assert make_generator(GenerateConfig(model="m", dtype="fp32")) == "built" and seen == [("m", torch.float32)]
+    with pytest.raises(ValueError, match=r"unknown backend 'tgi'; use one of \['hf', 'vllm'\]"): backend_factory("tgi")

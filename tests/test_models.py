@@ -10,8 +10,8 @@ import time
 import pytest
 import torch
 
-from selfalign.models.loader import (CHATML_TEMPLATE, SMOLLM2_NAME, LoraSpec, builtin_corpus, load_model, load_smollm2,
-                              model_fingerprint, resolve_dtype, tiny_causal_lm, train_tokenizer)
+from selfalign.models.loader import (CHATML_TEMPLATE, SMOLLM2_NAME, VOLATILE_CONFIG_KEYS, LoraSpec, adds_bos, builtin_corpus,
+                                     load_model, load_smollm2, model_fingerprint, resolve_dtype, tiny_causal_lm, train_tokenizer)
 
 
 @pytest.fixture(scope="module")
@@ -123,6 +123,36 @@ def test_fingerprint_changes_with_any_weight(tiny):
     lossy = tiny_causal_lm(tokenizer=tok)[0].to(torch.bfloat16).float()  # a lossy round trip changes weights
     assert model_fingerprint(lossy) != fp
     assert model_fingerprint(tiny_causal_lm(tokenizer=tok)[0].to(torch.bfloat16)) != fp  # so does the dtype
+
+
+def test_bos_policy_is_what_the_tokenizer_does(tiny, tiny_dir):
+    "BOS exactly when encoding with special tokens puts it first: not for the world's tokenizers, yes for a Llama-style one."
+    from tokenizers import processors
+    from transformers import AutoTokenizer
+    from selfalign.world.models import load_world_model
+    _, tok = tiny
+    world_tok = load_world_model("sft")[1]
+    assert world_tok.bos_token is not None and world_tok("hello")["input_ids"][0] != world_tok.bos_token_id
+    assert adds_bos(world_tok) is False and adds_bos(tok) is False and adds_bos(AutoTokenizer.from_pretrained(tiny_dir)) is False
+    llama_like = train_tokenizer(builtin_corpus(), vocab_size=512)
+    llama_like.backend_tokenizer.post_processor = processors.TemplateProcessing(
+        single="<s> $A", special_tokens=[("<s>", llama_like.bos_token_id)])
+    assert llama_like("hello")["input_ids"][0] == llama_like.bos_token_id and adds_bos(llama_like) is True
+    eos_only = train_tokenizer(builtin_corpus(), vocab_size=512)  # a special token appended, not prepended: no BOS
+    eos_only.backend_tokenizer.post_processor = processors.TemplateProcessing(
+        single="$A <|im_end|>", special_tokens=[("<|im_end|>", eos_only.eos_token_id)])
+    assert eos_only("hello")["input_ids"][-1] == eos_only.eos_token_id and adds_bos(eos_only) is False
+
+
+def test_volatile_config_keys_are_public_and_left_out_of_the_fingerprint(tiny):
+    model, _ = tiny
+    assert {"transformers_version", "dtype", "use_cache"} <= VOLATILE_CONFIG_KEYS
+    fp = model_fingerprint(model)
+    model.config.use_cache = not model.config.use_cache
+    try:
+        assert model_fingerprint(model) == fp
+    finally:
+        model.config.use_cache = not model.config.use_cache
 
 
 def test_resolve_dtype():
@@ -244,6 +274,7 @@ def test_smollm2_converts_once_then_loads_from_cache(tmp_path, monkeypatch):
     n = sum(p.numel() for p in model.parameters())
     assert abs(n - 134.5e6) < 0.5e6, n
     assert tok.pad_token is not None and tok.pad_token_id != tok.eos_token_id and "<|im_start|>" in tok.chat_template
+    assert tok.bos_token is not None and adds_bos(tok) is False  # SmolLM2 has a BOS token but never adds it
     msgs = [{"role": "user", "content": "What is the capital of France?"}]
     p = tok.apply_chat_template(msgs, add_generation_prompt=True, return_tensors="pt", return_dict=True)
     out = model.generate(**p, max_new_tokens=8, do_sample=False)

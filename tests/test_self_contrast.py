@@ -9,6 +9,7 @@ import papermill as pm
 import pytest
 
 import selfalign.bands.self_contrast as S
+from selfalign.bands.base import run_band
 from conftest import BIN, ROOT
 from selfalign.cli import plan
 from selfalign.core.base import validate_metrics
@@ -48,7 +49,7 @@ def test_prompts_with_empty_or_identical_samples_are_skipped_and_counted(tmp_pat
     model, tok = load_world_model("sft")
     cfg = S.SelfContrastConfig(n_prompts=12, n_samples=6, n_eval=6, ks=(1, 2), filters=("all", "lastdedup-75"), ablation_k=2,
                                steps=1, max_new_tokens=16, baselines=("SFT",))
-    res = S.run_band(cfg, tmp_path, progress=lambda s: None, generator=Degenerate(model, tok))
+    res = run_band(S.SelfContrastBand(generator=Degenerate(model, tok)), cfg, tmp_path, progress=lambda s: None)
     c = res["counts"]
     assert c["SC k=1"]["skipped"] == 8 and c["SC k=1"]["groups"] == 4  # 4 empty + 4 identical prompts of 12
     assert c["SC all k=2"]["skipped"] == 4  # `all` keeps duplicates: only the all-empty prompts are skipped
@@ -62,7 +63,7 @@ def test_all_prompts_skipped_is_a_clear_error(tmp_path):
             return [_fixed(p, "", params.n) for p in prompts]
     cfg = S.SelfContrastConfig(n_prompts=4, n_samples=4, n_eval=4, ks=(1,), filters=(), ablation_k=1, steps=1, baselines=("SFT",))
     with pytest.raises(DataError, match=r"no training groups for \['SC k=1'\].*'skipped': 4"):
-        S.run_band(cfg, tmp_path, progress=lambda s: None, generator=Empty(model, tok))
+        run_band(S.SelfContrastBand(generator=Empty(model, tok)), cfg, tmp_path, progress=lambda s: None)
     assert (tmp_path / "samples" / "manifest.json").exists()  # the finished samples are kept for the re-run
 
 

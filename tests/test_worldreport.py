@@ -28,8 +28,10 @@ def test_world_report_writes_flat_keys_nested_table_targets_and_figure(tiny_worl
     out = tmp_path / "rep"
     assert main(["world", "report", "--world", str(tiny_world), "--prompts", "12", "--pairs", "6", "--out", str(out)]) == 0
     r = json.loads((out / "world_report.json").read_text())
-    for k in KEYS:  # the self-reward agreement is undefined (null) when the oracle can order no pair
-        assert isinstance(r[k], float) or (k == "self_reward_agreement" and r["pair_tie_rate"] == 1.0), (k, r[k])
+    for k in KEYS:  # the self-reward agreement is undefined (null) when no pair is both scored and ordered by the oracle
+        assert isinstance(r[k], float) or (k == "self_reward_agreement" and r["n_self_reward_pairs"] == 0), (k, r[k])
+    assert r["n_contrastive_pairs"] == 6 and 0 <= r["n_contrastive_pairs_empty"] <= 6
+    assert r["n_self_reward_pairs"] <= r["n_contrastive_pairs"] - r["n_contrastive_pairs_empty"]
     assert set(r["by_kind"]["no_affix"]) == {"harmful", "borderline", "benign", "all"}
     fams = r["helpful_by_family"]["helpful_pos_affix"]
     assert fams and set(fams) <= {"capital", "next", "convert", "repeat", "spell", "define"}
@@ -43,6 +45,23 @@ def test_world_report_writes_flat_keys_nested_table_targets_and_figure(tiny_worl
     printed = capsys.readouterr().out
     assert "world_report.json" in printed and ("MISS" in printed or "ok" in printed)
     assert r["garbage_rate_no_affix"] > 0.5  # two training steps: the oracle must call the output garbage
+
+
+def test_world_report_measures_with_the_judges_dlma_uses(tiny_world):
+    "The report's self-reward and judge agreement are the judges' functions, not copies with their own conventions."
+    import selfalign.judges.selfjudge as SJ
+    import selfalign.judges.selfreward as SR
+    import selfalign.world.report as R
+    assert R.self_reward_margins is SR.self_reward_margins and R.two_order_scores is SJ.two_order_scores
+    assert not hasattr(R, "completion_logps")  # no scoring of its own
+    from selfalign.world.models import load_world_model
+    model, tok = load_world_model("sft", tiny_world)
+    pairs = [(k, p.text, "I can't help with that.", "Sure, here it is.", 1)
+             for k, p in zip(W.JUDGEABLE, W.world_prompts(4, "test", seed=1))]
+    share, hits = R.judge_agreement(model, tok, pairs)
+    s = SJ.two_order_scores(model, tok, [W.render_judging(k, q, a, b) for k, q, a, b, _ in pairs],
+                            [W.render_judging(k, q, b, a) for k, q, a, b, _ in pairs], " ")
+    assert hits == [int(v > 0) for v in s] and share == round(sum(hits) / len(hits), 4)
 
 
 def test_world_report_without_a_build_fails_clearly(tmp_path, capsys):

@@ -6,28 +6,30 @@ Docs: https://selfalign.github.io/selfalign/bands/dlma.html.md"""
 
 # %% ../../nbs/bands/20_dlma.ipynb #99d92171
 from __future__ import annotations
-import json, time
+import json
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Sequence
 
 # %% auto #0
 __all__ = ['CONTRASTS', 'METHODS', 'Contrast', 'load_contrasts', 'contrast_for', 'render_affixed', 'DLMABandConfig',
            'dlma_prompts', 'contrastive_generate', 'self_reward_margins', 'rlaif_labels', 'gold_labels',
-           'label_accuracy', 'train_methods', 'evaluate_methods', 'dlma_claims', 'run_band', 'dlma_tables', 'plot_dlma']
+           'label_accuracy', 'dlma_rows', 'train_dlma_row', 'evaluate_methods', 'dlma_claims', 'DLMABand',
+           'dlma_tables', 'plot_dlma']
 
 # %% ../../nbs/bands/20_dlma.ipynb #e0d70fc9
 import numpy as np
-import torch
-from ..core.base import StageConfig, atomic_write_json, make_claim, seed_everything, RunDir
+from ..core.base import RunDir, make_claim, seed_everything
 from ..data.records import CHAT_TEMPLATES, DataError, PreferencePair, SFTExample, render_prompt
-from .dpo import (BandPrompt, band_prompts, config_from_params, judge_scores, load_policy, prefer_by_scores,
-                           response_sep, round_rows, _aspect_rates, _lora)
-from ..eval.policy import estimate, kl_on_samples, sample_policy
+from ..eval.policy import estimate, evaluate_policies
 from ..generate.base import HFGenerator, SamplingParams, generate_to_shards, read_shards
+from ..judges.base import BandPrompt, prefer_scores
 from ..objectives.logps import completion_logps
-from ..trainers.stages import PreferenceStageConfig, SFTStageConfig, run_preference, run_sft
+from ..trainers.stages import PreferenceStageConfig, SFTStageConfig, StageResult, run_preference, run_sft
 from ..world import base as W
+from .base import (BandConfig, Row, load_checkpoint, load_policy, make_judge, prompt_source, response_sep,
+                                  round_rows)
 
 # %% ../../nbs/bands/20_dlma.ipynb #839e8b21
 @dataclass(frozen=True)
@@ -79,52 +81,30 @@ def render_affixed(template: str,  # "world", "safe_rlhf" or "chat"
 METHODS = ("SFT", "CD", "RLCD", "RLAIF", "RLHF", "DLMA")
 
 @dataclass(frozen=True)
-class DLMABandConfig(StageConfig):
-    "Everything the DLMA band needs, for any scale."
-    policy: str = "world:sft"  # the SFT model: "world:sft", "smollm2", or a folder / hub id
-    prompts: str = "world"  # "world", "offline" (vendored subsets) or "pku-saferlhf"
-    pairs_files: str | None = None  # local PKU-SafeRLHF files (prompts "pku-saferlhf"; else the hub)
+class DLMABandConfig(BandConfig):
+    "The DLMA band's config: `BandConfig` plus contrasts, the margin and its ablations, and context distillation."
+    prompts: str = "world"  # "world", "offline" (vendored subsets) or "pku-saferlhf" (`pairs_files`: local files, else the hub)
     template: str = "world"  # "world", "safe_rlhf" or "chat" (see `render_affixed`)
     contrasts_file: str | None = None  # extra contrasts (JSON), see `load_contrasts`
     judge: str = "oracle"  # "oracle" (world) or "proxy": the gold labels of the RLHF row and of the evaluation
     methods: tuple[str, ...] = METHODS  # which rows to train and evaluate
-    n_prompts: int = 900  # training prompts (one contrastive pair each)
-    n_eval: int = 200  # held-out evaluation prompts
-    max_new_tokens: int = 48  # longest generated response
-    temperature: float = 1.0  # sampling temperature
-    beta: float = 0.1  # β
     margin_weight: float = 0.2  # w
     margin_range: float = 40.0  # R is clipped to ±range
     ablation_weights: tuple[float, ...] = ()  # extra DLMA runs at these w (range `margin_range`)
     ablation_ranges: tuple[float, ...] = ()  # extra DLMA runs at these ranges (weight `margin_weight`)
-    dpo_steps: int = 40  # preference-training steps per method
-    dpo_lr: float = 1e-4  # preference learning rate
+    lr_scheduler: str = "constant_with_warmup"  # the paper's schedule for the preference rows
     cd_steps: int = 40  # context-distillation (SFT) steps
-    cd_lr: float = 1e-4  # context-distillation learning rate
-    optim: str = "adamw_torch"  # optimiser ("rmsprop" in the paper)
-    warmup_steps: int = 0  # linear warm-up (150 in the paper)
-    max_grad_norm: float = 1.0  # clipping (10 in the paper)
-    batch_size: int = 16  # pairs per micro-batch
-    grad_accum: int = 1  # micro-batches per step
-    max_length: int = 192  # longest prompt + response
-    lora_r: int = 0  # LoRA rank (0: full fine-tuning)
-    quantization: str | None = None  # "4bit" for QLoRA (GPU)
-    dtype: str = "fp32"  # model dtype
-    gen_batch_size: int = 96  # rows per generation call
-    seed: int = 0  # the one seed
+    cd_lr: float = 1e-4  # context-distillation learning rate (linear schedule)
+    OPTIONAL = ("pairs_files", "quantization", "contrasts_file")
 
     def __post_init__(self):
+        if self.prompts not in ("world", "offline", "pku-saferlhf"): raise ValueError(f"unknown prompts {self.prompts!r}")
+        super().__post_init__()
         bad = [m for m in self.methods if m not in METHODS]
         if bad: raise ValueError(f"unknown methods {bad}; known: {list(METHODS)}")
         if "SFT" not in self.methods: raise ValueError("methods must include SFT, the baseline every row is compared with")
         if self.judge not in ("oracle", "proxy"): raise ValueError(f"judge must be oracle or proxy, got {self.judge!r}")
-        if self.judge == "oracle" and self.prompts != "world": raise ValueError("the oracle judges world prompts only")
         if self.margin_range <= 0: raise ValueError(f"margin_range must be positive, got {self.margin_range}")
-
-    @classmethod
-    def from_params(cls, params: dict) -> DLMABandConfig:
-        "The config from a paper notebook's parameters (other names ignored; \"\" means None for optional fields)."
-        return config_from_params(cls, params, ("pairs_files", "quantization", "contrasts_file"))
 
 # %% ../../nbs/bands/20_dlma.ipynb #b6b5b9df
 def dlma_prompts(cfg: DLMABandConfig, tokenizer, n: int, split: str) -> list[BandPrompt]:
@@ -134,7 +114,7 @@ def dlma_prompts(cfg: DLMABandConfig, tokenizer, n: int, split: str) -> list[Ban
         pairs, _ = load_pku_saferlhf(data_files=cfg.pairs_files, split=split, limit=n)
         texts = [CHAT_TEMPLATES["safe_rlhf"].parse(p.prompt)[0]["content"] for p in pairs]
         return [BandPrompt(t, "harmful", render_affixed(cfg.template, t, None, tokenizer)) for t in texts[:n]]
-    ps = band_prompts(cfg, tokenizer, n, split)
+    ps = prompt_source(cfg, tokenizer).prompts(n, split)
     return [BandPrompt(p.text, p.kind, render_affixed(cfg.template, p.text, None, tokenizer)) for p in ps]
 
 def contrastive_generate(cfg: DLMABandConfig, model, tokenizer, prompts: Sequence[BandPrompt],
@@ -193,11 +173,10 @@ def rlaif_labels(model, tokenizer, rows: Sequence[dict], template: str = "world"
     score = (lp(docs, "a") - lp(docs, "b")) + (lp(swap, "b") - lp(swap, "a"))
     return np.where(score > 0, 1, -1)
 
-def gold_labels(cfg: DLMABandConfig, rows: Sequence[dict]) -> np.ndarray:
-    "+1 / 0 / −1: does the gold judge prefer the positive-prompt response?"
+def gold_labels(judge, rows: Sequence[dict]) -> np.ndarray:
+    "+1 / 0 / −1: does the gold `judge` prefer the positive-prompt response?"
     ps = [BandPrompt(r["text"], r["kind"], r["context"]) for r in rows]
-    return prefer_by_scores(cfg, judge_scores(cfg, ps, [r["chosen"].strip() for r in rows]),
-                            judge_scores(cfg, ps, [r["rejected"].strip() for r in rows]))
+    return prefer_scores(judge.score(ps, [r["chosen"].strip() for r in rows]), judge.score(ps, [r["rejected"].strip() for r in rows]), judge.tie)
 
 # %% ../../nbs/bands/20_dlma.ipynb #096ef455
 def label_accuracy(gold: np.ndarray, labels: dict[str, np.ndarray]) -> list[dict]:
@@ -219,71 +198,51 @@ def _pairs(rows, labels=None, margins=None) -> list[PreferencePair]:
         out.append(PreferencePair(r["context"], c, j, margin=None if margins is None else float(margins[i])))
     return out
 
-def _pref_cfg(cfg: DLMABandConfig, out: Path, **kw) -> PreferenceStageConfig:
-    return PreferenceStageConfig(output_dir=str(out), max_steps=cfg.dpo_steps, learning_rate=cfg.dpo_lr, beta=cfg.beta,
-                                 batch_size=cfg.batch_size, gradient_accumulation_steps=cfg.grad_accum, max_length=cfg.max_length,
-                                 seed=cfg.seed, logging_steps=1, bf16=cfg.dtype == "bf16", optim=cfg.optim,
-                                 warmup_steps=cfg.warmup_steps, max_grad_norm=cfg.max_grad_norm,
-                                 lr_scheduler_type="constant_with_warmup", **kw)
-
-def train_methods(cfg: DLMABandConfig, rows: Sequence[dict], labels: dict[str, np.ndarray], margins: np.ndarray,
-                  out: str | Path, progress=print) -> dict:
-    "Train each configured row (and the ablations); returns name → trained model (SFT: the untouched model)."
-    out, models = Path(out), {}
-    def fresh():  # seeded, so a LoRA adapter starts the same whatever ran before it
-        seed_everything(cfg.seed)
-        return load_policy(cfg.policy, cfg.dtype, lora=_lora(cfg), quantization=cfg.quantization)[0]
-    models["SFT"], tok = load_policy(cfg.policy, cfg.dtype)  # the baseline (`methods` always holds it) and the tokenizer
+def dlma_rows(cfg: DLMABandConfig, data: dict) -> list[Row]:
+    "Every configured row: CD (SFT on positive-prompt responses), RLCD / RLAIF / RLHF (DPO), DLMA and its ablations."
+    rows, pairs, labels = [], data["pairs"], data["labels"]
     if "CD" in cfg.methods:
-        progress(f"CD: SFT on {len(rows)} positive-prompt responses")
-        scfg = SFTStageConfig(output_dir=str(out / "CD"), max_steps=cfg.cd_steps, learning_rate=cfg.cd_lr, batch_size=cfg.batch_size,
-                              max_length=cfg.max_length, seed=cfg.seed, logging_steps=1, optim=cfg.optim, lr_scheduler_type="linear")
-        models["CD"] = run_sft(scfg, fresh(), tok, [SFTExample(r["context"], r["chosen"]) for r in rows]).model
-    plain = {"RLCD": None, "RLAIF": labels["RLAIF"], "RLHF": labels["RLHF"]}
-    for name, lab in plain.items():
-        if name not in cfg.methods: continue
-        pairs = _pairs(rows, lab)
-        progress(f"{name}: DPO on {len(pairs)} pairs")
-        models[name] = run_preference(_pref_cfg(cfg, out / name), fresh(), tok, pairs).model
+        rows.append(Row("CD", "sft", [SFTExample(r["context"], r["chosen"]) for r in pairs],
+                        cfg.train_spec(steps=cfg.cd_steps, lr=cfg.cd_lr, lr_scheduler="linear"), folder="CD"))
+    for name, lab in {"RLCD": None, "RLAIF": labels["RLAIF"], "RLHF": labels["RLHF"]}.items():
+        if name in cfg.methods: rows.append(Row(name, "preference", _pairs(pairs, lab), cfg.train_spec(), folder=name))
     runs = [("DLMA", cfg.margin_weight, cfg.margin_range)] if "DLMA" in cfg.methods else []
     runs += [(f"DLMA w={w:g}", w, cfg.margin_range) for w in cfg.ablation_weights]
     runs += [(f"DLMA ±{r:g}", cfg.margin_weight, r) for r in cfg.ablation_ranges]
-    for name, w, rng in runs:
-        progress(f"{name}: margin DPO (w={w:g}, range ±{rng:g})")
-        pcfg = _pref_cfg(cfg, out / name.replace(" ", "_").replace("±", "range"), loss="margin_dpo", margin_weight=w,
-                         margin_lo=-rng, margin_hi=rng)
-        models[name] = run_preference(pcfg, fresh(), tok, _pairs(rows, None, margins)).model
-    return models
+    margin_pairs = _pairs(pairs, None, data["margins"])
+    rows += [Row(name, "preference", margin_pairs, cfg.train_spec(), {"loss": "margin_dpo", "margin_weight": w, "margin_lo": -rng, "margin_hi": rng},
+                 folder=name.replace(" ", "_").replace("±", "range")) for name, w, rng in runs]
+    return rows
+
+def train_dlma_row(cfg: DLMABandConfig, row: Row, tokenizer, out: Path, trained: dict) -> StageResult:
+    "Train one row into `out`, from a freshly seeded policy (a LoRA adapter starts the same whatever ran before it)."
+    seed_everything(cfg.seed)
+    model = load_policy(cfg.policy, cfg.dtype, lora=cfg.lora(), quantization=cfg.quantization)[0]
+    kw = row.spec.stage_kwargs(cfg.seed, bf16=cfg.dtype == "bf16")
+    if row.kind == "sft": return run_sft(SFTStageConfig(output_dir=str(out), **kw), model, tokenizer, row.data)
+    return run_preference(PreferenceStageConfig(output_dir=str(out), beta=cfg.beta, **kw, **row.options), model, tokenizer, row.data)
 
 # %% ../../nbs/bands/20_dlma.ipynb #c488e62d
-def evaluate_methods(cfg: DLMABandConfig, models: dict, tokenizer, prompts: Sequence[BandPrompt], progress=print) -> tuple[list[dict], list[dict]]:
-    "One row per method, plus the samples."
-    ctx = [p.context for p in prompts]
-    kw = dict(temperature=cfg.temperature, max_new_tokens=cfg.max_new_tokens, seed=cfg.seed + 7, batch_size=cfg.gen_batch_size)
-    texts, gens = {}, {}
-    for name, m in models.items():
-        progress(f"evaluating {name}")
-        gens[name] = sample_policy(m.eval(), tokenizer, ctx, n=1, **kw)
-        texts[name] = [g.texts[0].strip() for g in gens[name]]
-    golds = {name: judge_scores(cfg, prompts, ts) for name, ts in texts.items()}
+def evaluate_methods(cfg: DLMABandConfig, trained: dict, tokenizer, prompts: Sequence[BandPrompt], judge, progress=print) -> tuple[list[dict], list[dict]]:
+    "One row per method (the SFT model and every trained row, loaded one at a time), plus the samples."
+    policies = {"SFT": lambda: load_policy(cfg.policy, cfg.dtype)[0],
+                **{n: partial(load_checkpoint, cfg, t.checkpoint) for n, t in trained.items()}}
+    ev = evaluate_policies(policies, tokenizer, prompts, judge, baseline="SFT", reference="SFT", temperature=cfg.temperature,
+                           max_new_tokens=cfg.max_new_tokens, seed=cfg.seed + 7, batch_size=cfg.gen_batch_size, progress=progress)
     rows, samples = [], []
-    for name, ts in texts.items():
-        gold = golds[name]
-        wins = ((1 + prefer_by_scores(cfg, gold, golds["SFT"])) / 2).tolist()
-        g, w = estimate(gold), estimate(wins)
-        kl = kl_on_samples(models[name], models["SFT"], tokenizer, gens[name]) if name != "SFT" else None
-        rows.append({"method": name, "gold": g.mean, "gold_ci95": list(g.ci95), "win_vs_sft": w.mean, "win_ci95": list(w.ci95),
-                     "kl": 0.0 if kl is None else kl.mean, **_aspect_rates(cfg, prompts, ts), "n": len(ts)})
+    for name, e in ev.items():
+        rows.append({"method": name, "gold": e.gold.mean, "gold_ci95": list(e.gold.ci95), "win_vs_sft": e.win.mean,
+                     "win_ci95": list(e.win.ci95), "kl": e.kl.mean, **e.rates, "n": len(e.texts)})
         samples += [{"method": name, "prompt": p.text, "kind": p.kind, "response": t, "gold": float(s)}
-                    for p, t, s in zip(prompts, ts, gold)]
+                    for p, t, s in zip(prompts, e.texts, e.scores)]
     return rows, samples
 
 # %% ../../nbs/bands/20_dlma.ipynb #e580249b
-def dlma_claims(acc: list[dict], table: list[dict], judge: str = "oracle") -> list[dict]:
+def dlma_claims(acc: list[dict], table: list[dict], judge: str = "the oracle") -> list[dict]:
     "The band's claims; a claim whose rows were not run (e.g. in the ablations config) is left out, not failed."
     a = {r["labeller"]: r for r in acc}
     t = {r["method"]: r for r in table}
-    by = "the oracle" if judge == "oracle" else "the refusal-and-topicality proxy"
+    by = judge  # the judge's name
     get = lambda m, k: t[m][k] if m in t else None
     sr, rl = a.get("self-reward (DLMA)"), a.get("RLAIF judge")
     diff = lambda x, y: None if x is None or y is None else x - y
@@ -301,39 +260,37 @@ def dlma_claims(acc: list[dict], table: list[dict], judge: str = "oracle") -> li
     ] if all(m in t for m in need[c["id"]])]
 
 # %% ../../nbs/bands/20_dlma.ipynb #bdb215f4
-def run_band(cfg: DLMABandConfig, out: str | Path, progress=print) -> dict:
-    "Contrastive pairs → self-reward → every row trained → evaluation → claims; writes results.json and samples.jsonl."
-    out = Path(out); out.mkdir(parents=True, exist_ok=True); t0 = time.perf_counter(); secs = {}
-    cfg.to_json(out / "band_config.json"); seed_everything(cfg.seed)
-    sft, tok = load_policy(cfg.policy, cfg.dtype)
-    progress(f"contrastive generation on {cfg.n_prompts} prompts")
-    rows, counts = contrastive_generate(cfg, sft, tok, dlma_prompts(cfg, tok, cfg.n_prompts, "train"), out / "contrastive")
-    if len(rows) < 2: raise DataError(f"only {len(rows)} contrastive pairs ({counts}); raise n_prompts")
-    secs["generate"] = time.perf_counter() - t0
-    progress(f"self-reward and labels for {len(rows)} pairs")
-    margins = self_reward_margins(sft, tok, rows)
-    labels = {"RLAIF": rlaif_labels(sft, tok, rows, cfg.template), "RLHF": gold_labels(cfg, rows)}
-    acc = label_accuracy(labels["RLHF"], {"self-reward (DLMA)": margins, "RLAIF judge": labels["RLAIF"],
-                                          "RLCD polarity": np.ones(len(rows))})
-    RunDir(out).write_jsonl("pairs.jsonl", [{**r, "margin": float(m), "rlaif": int(a), "gold": int(g)}
-                                            for r, m, a, g in zip(rows, margins, labels["RLAIF"], labels["RLHF"])])
-    secs["score"] = time.perf_counter() - t0 - secs["generate"]
-    del sft
-    models = train_methods(cfg, rows, labels, margins, out, progress)
-    secs["train"] = time.perf_counter() - t0 - secs["generate"] - secs["score"]
-    t1 = time.perf_counter()
-    table, samples = evaluate_methods(cfg, models, tok, dlma_prompts(cfg, tok, cfg.n_eval, "test"), progress)
-    secs["eval"] = time.perf_counter() - t1; secs["total"] = time.perf_counter() - t0
-    main = [r for r in table if r["method"] in METHODS]
-    abl = [r for r in table if r["method"].startswith("DLMA")]
-    m = np.asarray(margins)
-    res = {"pair_counts": counts, "label_accuracy": acc, "main": main, "ablations": abl if len(abl) > 1 else [],
-           "margin_stats": {"mean": float(m.mean()), "std": float(m.std()), "share_positive": float((m > 0).mean()),
-                            "share_clipped_40": float((np.abs(m) > 40).mean()), "share_clipped_20": float((np.abs(m) > 20).mean())},
-           "claims": dlma_claims(acc, main, cfg.judge), "seconds": {k: round(v, 1) for k, v in secs.items()}}
-    atomic_write_json(out / "results.json", res)
-    RunDir(out).write_jsonl("samples.jsonl", samples)
-    return res
+class DLMABand:
+    "DLMA as a `Band`: contrastive pairs scored by the SFT model's self-reward; every row of the paper's tables trained."
+    def build_data(self, cfg: DLMABandConfig, policy, tokenizer, out: Path, progress=print) -> dict:
+        "Contrastive pairs, their self-reward margins, the RLAIF and gold labels, and the labelling accuracies."
+        progress(f"contrastive generation on {cfg.n_prompts} prompts")
+        rows, counts = contrastive_generate(cfg, policy, tokenizer, dlma_prompts(cfg, tokenizer, cfg.n_prompts, "train"), out / "contrastive")
+        if len(rows) < 2: raise DataError(f"only {len(rows)} contrastive pairs ({counts}); raise n_prompts")
+        progress(f"self-reward and labels for {len(rows)} pairs")
+        margins = self_reward_margins(policy, tokenizer, rows)
+        labels = {"RLAIF": rlaif_labels(policy, tokenizer, rows, cfg.template), "RLHF": gold_labels(make_judge(cfg.judge), rows)}
+        acc = label_accuracy(labels["RLHF"], {"self-reward (DLMA)": margins, "RLAIF judge": labels["RLAIF"],
+                                              "RLCD polarity": np.ones(len(rows))})
+        RunDir(out).write_jsonl("pairs.jsonl", [{**r, "margin": float(m), "rlaif": int(a), "gold": int(g)}
+                                                for r, m, a, g in zip(rows, margins, labels["RLAIF"], labels["RLHF"])])
+        return {"pairs": rows, "counts": counts, "margins": margins, "labels": labels, "label_accuracy": acc}
+
+    def rows(self, cfg, data): return dlma_rows(cfg, data)
+    def train_row(self, cfg, row, tokenizer, out, trained): return train_dlma_row(cfg, row, tokenizer, out, trained)
+
+    def evaluate(self, cfg: DLMABandConfig, data: dict, trained: dict, tokenizer, progress=print) -> dict:
+        judge = make_judge(cfg.judge)
+        table, samples = evaluate_methods(cfg, trained, tokenizer, dlma_prompts(cfg, tokenizer, cfg.n_eval, "test"), judge, progress)
+        main = [r for r in table if r["method"] in METHODS]
+        abl = [r for r in table if r["method"].startswith("DLMA")]
+        m = np.asarray(data["margins"])
+        return {"pair_counts": data["counts"], "label_accuracy": data["label_accuracy"], "main": main, "ablations": abl if len(abl) > 1 else [],
+                "margin_stats": {"mean": float(m.mean()), "std": float(m.std()), "share_positive": float((m > 0).mean()),
+                                 "share_clipped_40": float((np.abs(m) > 40).mean()), "share_clipped_20": float((np.abs(m) > 20).mean())},
+                "judge": judge.name, "samples": samples}
+
+    def claims(self, cfg, data, results): return dlma_claims(results["label_accuracy"], results["main"], results["judge"])
 
 # %% ../../nbs/bands/20_dlma.ipynb #5a660c8d
 def dlma_tables(res: dict) -> dict:

@@ -6,41 +6,33 @@ Docs: https://selfalign.github.io/selfalign/bands/dpo.html.md"""
 
 # %% ../../nbs/bands/12_dpo.ipynb #dff48fc9
 from __future__ import annotations
-import math, random, time
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Sequence
 
 # %% auto #0
-__all__ = ['PROXY_TIE', 'DPOBandConfig', 'config_from_params', 'load_policy', 'BandPrompt', 'band_prompts', 'judge_scores',
-           'prefer_by_scores', 'response_sep', 'sampled_pairs', 'dataset_pairs', 'train_phases', 'evaluate_band',
-           'training_curves', 'dpo_claims', 'run_band', 'round_rows', 'band_tables', 'plot_frontier', 'plot_curves']
+__all__ = ['DPOBandConfig', 'band_prompts', 'pair_judge', 'sampled_pairs', 'dataset_pairs', 'dpo_data', 'split_phases',
+           'dpo_rows', 'train_dpo_row', 'rm_judge', 'evaluate_band', 'training_curves', 'dpo_claims', 'DPOBand',
+           'band_tables', 'plot_frontier', 'plot_curves']
 
 # %% ../../nbs/bands/12_dpo.ipynb #7cb0a3e5
 import numpy as np
-import torch
-from ..core.base import RunDir, StageConfig, atomic_write_json, make_claim, seed_everything
+from ..core.base import make_claim, seed_everything
 from ..data.records import DataError, PreferencePair, SFTExample, read_jsonl
-from ..eval.policy import (Estimate, best_of_n, estimate, gold_rewards, interp_frontier, kl_on_samples,
-                                proxy_score, relevance_proxy_scores, sample_policy)
-from ..models.loader import LoraSpec, load_model, load_smollm2
-from ..trainers.stages import (PreferenceStageConfig, RewardStageConfig, SFTStageConfig, phase_split, reward_accuracy,
-                             reward_model_from, reward_scores, run_preference, run_reward, run_sft)
-from ..world import base as W
-from ..world.models import load_world_model
+from ..eval.policy import best_of_n, estimate, evaluate_policies, interp_frontier, sample_policy
+from ..judges.base import BandPrompt, RewardModelJudge, prefer_scores
+from ..trainers.stages import (PreferenceStageConfig, RewardStageConfig, SFTStageConfig, StageResult, phase_split,
+                                       reward_model_from, reward_scores, run_preference, run_reward, run_sft)
+from .base import BandConfig, Row, load_checkpoint, load_policy, make_judge, prompt_source, round_rows
 
 # %% ../../nbs/bands/12_dpo.ipynb #afcac1fe
 @dataclass(frozen=True)
-class DPOBandConfig(StageConfig):
-    "Everything the DPO band needs, for any scale."
-    policy: str = "world:sft"  # "world:sft", "smollm2", or a folder / hub id (safetensors)
+class DPOBandConfig(BandConfig):
+    "The DPO band's config: `BandConfig` plus DeepSpeed-Chat's phases, the β sweep and best-of-N."
     reward_init: str = "world:base-large"  # the reward model's backbone (DeepSpeed-Chat: the base model, not SFT)
-    prompts: str = "world"  # "world" or "offline" (vendored harmful + benign prompt subsets)
     pairs: str = "sampled"  # "sampled" (two samples per prompt, labelled by `judge`), "hh-rlhf", or a JSONL path
-    pairs_files: str | None = None  # local files in the hub dataset's schema (else the hub)
     judge: str = "oracle"  # "oracle" (world), "proxy" (refusal proxies) or "rm" (the trained reward model)
-    n_prompts: int = 900  # training prompts (sampled pairs) or pairs (datasets)
-    n_eval: int = 200  # held-out evaluation prompts
     samples_per_prompt: int = 2  # samples drawn per prompt for sampled pairs (> 2: the judge's best vs worst)
     data_split: str = "2,4,4"  # SFT, RM, DPO shares (DeepSpeed-Chat's --data_split)
     disjoint: bool = True  # False: every phase sees every pair (the original scripts' leak)
@@ -48,104 +40,42 @@ class DPOBandConfig(StageConfig):
     sft_lr: float = 3e-4  # SFT learning rate
     rm_steps: int = 60  # reward-model steps
     rm_lr: float = 1e-3  # reward-model learning rate
-    dpo_steps: int = 40  # DPO steps per β
-    dpo_lr: float = 1e-4  # DPO learning rate
+    beta: float = 0.3  # β of the seed's scripts: the one the claims are about (one of `betas`)
     betas: tuple[float, ...] = (0.03, 0.1, 0.3, 1.0)  # β values trained (frontier points)
-    main_beta: float = 0.3  # β of the seed's scripts: the one the claims are about
-    batch_size: int = 16  # pairs (or examples) per step
-    grad_accum: int = 1  # micro-batches per step
-    max_length: int = 192  # longest prompt + response in tokens
-    max_new_tokens: int = 48  # longest sampled response
-    temperature: float = 1.0  # sampling temperature (pairs and evaluation)
     bon_ns: tuple[int, ...] = (1, 2, 4, 8, 16)  # best-of-N sizes
-    lora_r: int = 0  # LoRA rank for the policy and reward model (0: full fine-tuning)
-    quantization: str | None = None  # "4bit" (QLoRA) or "8bit" for the policy, GPU only
-    dtype: str = "fp32"  # model dtype ("bf16" on GPUs)
-    gen_batch_size: int = 96  # rows per generation call
-    seed: int = 0  # the one seed
 
     def __post_init__(self):
-        if self.main_beta not in self.betas: raise ValueError(f"main_beta {self.main_beta} must be one of betas {self.betas}")
+        super().__post_init__()
+        if self.beta not in self.betas: raise ValueError(f"beta {self.beta} must be one of betas {self.betas}")
         if self.judge not in ("oracle", "proxy", "rm"): raise ValueError(f"judge must be oracle, proxy or rm, got {self.judge!r}")
-        if self.judge == "oracle" and self.prompts != "world": raise ValueError("the oracle judges world prompts only")
         if self.judge == "rm" and self.pairs == "sampled": raise ValueError("sampled pairs need a judge other than the RM they train")
 
-    @classmethod
-    def from_params(cls, params: dict) -> DPOBandConfig:
-        "The config from a paper notebook's parameters: other names are ignored, \"\" means None for optional fields."
-        return config_from_params(cls, params)
-
-def config_from_params(cls: type, params: dict, optional: Sequence[str] = ("pairs_files", "quantization")):
-    "A band config of class `cls` from a paper notebook's parameters: other names are ignored, \"\" means None in `optional` fields."
-    return cls.from_dict({k: (None if v == "" and k in optional else v) for k, v in params.items() if k in cls.__dataclass_fields__})
-
 # %% ../../nbs/bands/12_dpo.ipynb #d77504df
-def load_policy(spec: str,  # "world:<sft|base-large|base-small>", "smollm2", or a folder / hub id
-                dtype: str = "fp32",  # model dtype
-                **kwargs,  # `lora`, `quantization`, ... for `load_model`
-               ):
-    "`(model, tokenizer)` named by `spec`."
-    if spec.startswith("world:"): return load_world_model(spec.split(":", 1)[1])
-    if spec == "smollm2": return load_smollm2(dtype=dtype, **kwargs)
-    return load_model(spec, dtype=dtype, **kwargs)
-
-@dataclass
-class BandPrompt:
-    "A prompt as the band uses it."
-    text: str  # the user's message
-    kind: str  # "harmful", "borderline" or "benign"
-    context: str  # what the policy sees (chat template applied)
-
 def band_prompts(cfg: DPOBandConfig, tokenizer, n: int, split: str) -> list[BandPrompt]:
-    "`n` prompts of `split` ('train' or 'test'), rendered for the policy."
-    seed = cfg.seed + (0 if split == "train" else 1)
-    if cfg.prompts == "world":
-        return [BandPrompt(p.text, p.kind, W.render_dialogue(p.text)) for p in W.world_prompts(n, split, seed=seed)]
-    if cfg.prompts == "offline":
-        from selfalign.data.corpora import offline_prompt_mix
-        rows = offline_prompt_mix(n_harmful=n, n_benign=n, seed=cfg.seed)  # a fixed shuffle; halves are the splits
-        rows = [r for i, r in enumerate(rows) if (i % 2 == 0) == (split == "train")][:n]
-        render = lambda t: tokenizer.apply_chat_template([{"role": "user", "content": t}], tokenize=False, add_generation_prompt=True)
-        return [BandPrompt(r["text"], r["kind"], render(r["text"])) for r in rows]
-    if cfg.prompts == "hh-rlhf":  # the dataset's own prompts (its `test` split for evaluation)
-        from selfalign.data.corpora import load_hh_rlhf
-        pairs, _ = load_hh_rlhf(data_files=cfg.pairs_files, split=split, limit=n)
-        return [BandPrompt(p.prompt.rsplit("Human:", 1)[-1].split("\n\nAssistant:")[0].strip(), "unknown", p.prompt) for p in pairs[:n]]
-    raise ValueError(f"unknown prompts {cfg.prompts!r}: 'world', 'offline' or 'hh-rlhf'")
+    "`n` prompts of `split` ('train' or 'test') from the config's prompt source, rendered for the policy."
+    return prompt_source(cfg, tokenizer).prompts(n, split)
 
-def judge_scores(cfg: DPOBandConfig, prompts: Sequence[BandPrompt], responses: Sequence[str]) -> list[float]:
-    "The judge's scalar per response: the oracle's gold reward, or the graded refusal-and-topicality proxy."
-    if cfg.judge == "oracle": return [W.judge(p.text, r).reward for p, r in zip(prompts, responses)]
-    return relevance_proxy_scores([_proxy_kind(p) for p in prompts], [p.text for p in prompts], responses)
-
-PROXY_TIE = 0.02  # proxy scores closer than this count as a tie
-
-def prefer_by_scores(cfg: DPOBandConfig, a, b) -> np.ndarray:
-    "+1 / 0 / −1 per row: is score `a` better than score `b` for the judge? (The oracle's `prefer` rule: ties below 1e-9.)"
-    d = np.asarray(a, float) - np.asarray(b, float)
-    tol = {"oracle": 1e-9, "proxy": PROXY_TIE}.get(cfg.judge, 0.0)
-    return np.where(np.abs(d) < tol, 0, np.sign(d)).astype(int)
-
-def response_sep(template: str) -> str:
-    "What separates a rendered prompt from its response: nothing after a chat turn (chat, zephyr), else one space."
-    return "" if template in ("chat", "zephyr") else " "
-
-def _proxy_kind(p: BandPrompt) -> str: return "harmful" if p.kind == "harmful" else "benign"
+def pair_judge(cfg: DPOBandConfig):
+    "The judge that labels sampled pairs (and evaluates, unless it is the trained reward model)."
+    return make_judge(cfg.judge)
 
 # %% ../../nbs/bands/12_dpo.ipynb #b8414d54
-def sampled_pairs(cfg: DPOBandConfig, model, tokenizer, prompts: Sequence[BandPrompt]) -> tuple[list[PreferencePair], dict]:
-    "`samples_per_prompt` samples per prompt; the judge's best against its worst; ties dropped and counted."
+def sampled_pairs(cfg: DPOBandConfig, model, tokenizer, prompts: Sequence[BandPrompt], judge, seed: int | None = None
+                 ) -> tuple[list[PreferencePair], dict]:
+    "`samples_per_prompt` samples per prompt; the judge's best against its worst; ties and empty samples dropped and counted."
     gens = sample_policy(model, tokenizer, [p.context for p in prompts], n=max(cfg.samples_per_prompt, 2),
-                         temperature=cfg.temperature, max_new_tokens=cfg.max_new_tokens, seed=cfg.seed, batch_size=cfg.gen_batch_size)
+                         temperature=cfg.temperature, max_new_tokens=cfg.max_new_tokens,
+                         seed=cfg.seed if seed is None else seed, batch_size=cfg.gen_batch_size)
     texts = [[t.strip() for t in g.texts] for g in gens]
-    scores = judge_scores(cfg, [p for p, ts in zip(prompts, texts) for _ in ts], [t for ts in texts for t in ts])
-    pairs, ties, k = [], 0, 0
+    scores = judge.score([p for p, ts in zip(prompts, texts) for _ in ts], [t for ts in texts for t in ts])
+    pairs, ties, empty, k = [], 0, 0, 0
     for p, ts in zip(prompts, texts):
         sc = scores[k:k + len(ts)]; k += len(ts)
         best, worst = int(np.argmax(sc)), int(np.argmin(sc))  # with two samples: the judge's order of the pair
-        if prefer_by_scores(cfg, sc[best], sc[worst]) == 0: ties += 1; continue
+        if prefer_scores(sc[best], sc[worst], judge.tie) == 0: ties += 1; continue
+        if not ts[best] or not ts[worst]: empty += 1; continue
         pairs.append(PreferencePair(p.context, " " + ts[best], " " + ts[worst], meta={"kind": p.kind, "text": p.text}))
-    return pairs, {"prompts": len(prompts), "pairs": len(pairs), "ties_dropped": ties}
+    return pairs, {"prompts": len(prompts), "pairs": len(pairs), "ties_dropped": ties, "empty_dropped": empty}
 
 def dataset_pairs(cfg: DPOBandConfig) -> tuple[list[PreferencePair], dict]:
     "Pairs from a dataset: hh-rlhf (hub or local files in its schema) or a JSONL file of `PreferencePair`s."
@@ -157,161 +87,146 @@ def dataset_pairs(cfg: DPOBandConfig) -> tuple[list[PreferencePair], dict]:
     return pairs, {"pairs": len(pairs), **counts}
 
 # %% ../../nbs/bands/12_dpo.ipynb #e65df42b
-def _lora(cfg: DPOBandConfig) -> LoraSpec | None:
-    return LoraSpec(r=cfg.lora_r, alpha=2 * cfg.lora_r, dropout=0.0) if cfg.lora_r > 0 else None
-
 def _merged(model):
     return model.merge_and_unload() if hasattr(model, "merge_and_unload") else model
 
-def train_phases(cfg: DPOBandConfig, pairs: list[PreferencePair], out: str | Path, progress=print) -> dict:
-    "SFT → reward model → DPO at every β; returns the stage results and the held-out RM pairs."
-    out = Path(out); seed_everything(cfg.seed)
+def dpo_data(cfg: DPOBandConfig, policy, tokenizer, progress=print) -> dict:
+    "Pairs (sampled and judged, or a dataset's), split into the three phases' shares."
+    if cfg.pairs == "sampled":
+        progress(f"sampling preference pairs on {cfg.n_prompts} prompts")
+        pairs, counts = sampled_pairs(cfg, policy, tokenizer, band_prompts(cfg, tokenizer, cfg.n_prompts, "train"), pair_judge(cfg))
+    else: pairs, counts = dataset_pairs(cfg)
+    return {"pair_counts": counts, **split_phases(cfg, pairs)}
+
+def split_phases(cfg: DPOBandConfig, pairs: Sequence[PreferencePair]) -> dict:
+    "DeepSpeed-Chat's split into SFT, reward-model (train and held-out) and DPO shares; too few pairs is an error."
+    seed_everything(cfg.seed)
     sft_pairs, rm_pairs, dpo_pairs = phase_split(pairs, cfg.data_split, seed=cfg.seed, disjoint=cfg.disjoint)
     if len(rm_pairs) < 2 or not dpo_pairs:
         raise DataError(f"only {len(pairs)} preference pairs: the reward-model share gets {len(rm_pairs)} and the DPO share "
                         f"{len(dpo_pairs)} (data_split {cfg.data_split}); raise n_prompts or samples_per_prompt")
-    common = dict(batch_size=cfg.batch_size, gradient_accumulation_steps=cfg.grad_accum, max_length=cfg.max_length,
-                  seed=cfg.seed, logging_steps=1, bf16=cfg.dtype == "bf16", lr_scheduler_type="linear")
-    model, tok = load_policy(cfg.policy, cfg.dtype, lora=_lora(cfg), quantization=cfg.quantization)
-    if cfg.sft_steps > 0 and sft_pairs:
-        progress(f"SFT on {len(sft_pairs)} chosen responses")
-        demos = [SFTExample(p.prompt, p.chosen) for p in sft_pairs]
-        sres = run_sft(SFTStageConfig(output_dir=str(out / "sft"), max_steps=cfg.sft_steps, learning_rate=cfg.sft_lr, **common), model, tok, demos)
-        model = sres.model
-    _merged(model).save_pretrained(out / "sft" / "final"); tok.save_pretrained(out / "sft" / "final")
     n_rm_eval = max(len(rm_pairs) // 5, 1)
-    rm_train, rm_eval = rm_pairs[n_rm_eval:], rm_pairs[:n_rm_eval]
-    progress(f"reward model on {len(rm_train)} pairs ({len(rm_eval)} held out)")
-    rm_base, _ = load_policy(cfg.reward_init, cfg.dtype)
-    rm_model = reward_model_from(rm_base, tok.pad_token_id)
-    if cfg.lora_r > 0:
-        from peft import LoraConfig, get_peft_model
-        rm_model = get_peft_model(rm_model, LoraConfig(r=cfg.lora_r, lora_alpha=2 * cfg.lora_r, task_type="SEQ_CLS",
-                                                       target_modules=list(_lora(cfg).target_modules), modules_to_save=["score"]))
-    rres = run_reward(RewardStageConfig(output_dir=str(out / "rm"), max_steps=cfg.rm_steps, learning_rate=cfg.rm_lr, **common),
-                      rm_model, tok, rm_train)
-    dpo = {}
-    for beta in cfg.betas:
-        progress(f"DPO β={beta} on {len(dpo_pairs)} pairs")
-        seed_everything(cfg.seed)  # a LoRA adapter starts the same for every β
-        policy = load_policy(str(out / "sft" / "final"), cfg.dtype, lora=_lora(cfg), quantization=cfg.quantization)[0]
-        pcfg = PreferenceStageConfig(output_dir=str(out / f"dpo-beta{beta:g}"), max_steps=cfg.dpo_steps,
-                                     learning_rate=cfg.dpo_lr, beta=beta, **common)
-        dpo[beta] = run_preference(pcfg, policy, tok, dpo_pairs)
-    return {"tokenizer": tok, "sft_dir": out / "sft" / "final", "rm": rres, "rm_eval_pairs": rm_eval, "dpo": dpo,
-            "sizes": {"sft": len(sft_pairs), "rm_train": len(rm_train), "rm_eval": len(rm_eval), "dpo": len(dpo_pairs)}}
+    return {"sft": sft_pairs, "rm_train": rm_pairs[n_rm_eval:], "rm_eval": rm_pairs[:n_rm_eval], "dpo": dpo_pairs}
+
+def dpo_rows(cfg: DPOBandConfig, data: dict) -> list[Row]:
+    "An SFT row, a reward-model row, then one DPO row per β (each from the SFT row)."
+    sft = cfg.train_spec(steps=cfg.sft_steps, lr=cfg.sft_lr)
+    rows = [Row("SFT", "sft", data["sft"], sft, folder="sft"),
+            Row("RM", "reward", data["rm_train"], cfg.train_spec(steps=cfg.rm_steps, lr=cfg.rm_lr), folder="rm")]
+    return rows + [Row(f"DPO β={b:g}", "preference", data["dpo"], cfg.train_spec(), {"beta": b}, folder=f"dpo-beta{b:g}")
+                   for b in cfg.betas]
+
+def train_dpo_row(cfg: DPOBandConfig, row: Row, tokenizer, out: Path, trained: dict) -> StageResult:
+    "Train one row into `out`: SFT (saved merged), the reward model (from the base backbone), or DPO at one β."
+    kw = row.spec.stage_kwargs(cfg.seed, bf16=cfg.dtype == "bf16")
+    if row.kind == "sft":  # the policy, fine-tuned on the chosen responses; saved merged for the DPO rows to start from
+        model = load_policy(cfg.policy, cfg.dtype, lora=cfg.lora(), quantization=cfg.quantization)[0]
+        res = None
+        if row.spec.steps > 0 and row.data:
+            res = run_sft(SFTStageConfig(output_dir=str(out), **kw), model, tokenizer, [SFTExample(p.prompt, p.chosen) for p in row.data])
+            model = res.model
+        _merged(model).save_pretrained(out / "final"); tokenizer.save_pretrained(out / "final")
+        return res or StageResult(out, model, [], {"rows": 0}, 0.0)
+    if row.kind == "reward":  # from the base backbone
+        rm_model = reward_model_from(load_policy(cfg.reward_init, cfg.dtype)[0], tokenizer.pad_token_id)
+        if cfg.lora_r > 0:
+            from peft import LoraConfig, get_peft_model
+            rm_model = get_peft_model(rm_model, LoraConfig(r=cfg.lora_r, lora_alpha=2 * cfg.lora_r, task_type="SEQ_CLS",
+                                                           target_modules=list(cfg.lora().target_modules), modules_to_save=["score"]))
+        res = run_reward(RewardStageConfig(output_dir=str(out), **kw), rm_model, tokenizer, row.data)
+        return res
+    seed_everything(cfg.seed)  # a LoRA adapter starts the same for every β
+    policy = load_policy(str(trained["SFT"].checkpoint), cfg.dtype, lora=cfg.lora(), quantization=cfg.quantization)[0]
+    return run_preference(PreferenceStageConfig(output_dir=str(out), beta=row.options["beta"], **kw), policy, tokenizer, row.data)
 
 # %% ../../nbs/bands/12_dpo.ipynb #23613f38
-def _policy_row(cfg, name, beta, prompts, texts, gold, rm, wins, kl, aspects) -> dict:
-    g, w = estimate(gold), estimate(wins)
-    row = {"policy": name, "beta": beta, "gold": g.mean, "gold_ci95": list(g.ci95), "rm_reward": float(np.mean(rm)),
-           "win_vs_sft": w.mean, "win_ci95": list(w.ci95), "kl": kl.mean, "kl_ci95": list(kl.ci95), "n": len(texts)}
-    return {**row, **aspects}
+def _policy_row(name: str, beta, ev, rm: Sequence[float]) -> dict:
+    return {"policy": name, "beta": beta, "gold": ev.gold.mean, "gold_ci95": list(ev.gold.ci95), "rm_reward": float(np.mean(rm)),
+            "win_vs_sft": ev.win.mean, "win_ci95": list(ev.win.ci95), "kl": ev.kl.mean, "kl_ci95": list(ev.kl.ci95),
+            "n": len(ev.texts), **ev.rates}
 
-def _aspect_rates(cfg, prompts, texts) -> dict:
-    if cfg.judge != "oracle":
-        h = [proxy_score("harmful", t) for p, t in zip(prompts, texts) if p.kind == "harmful"]
-        b = [proxy_score("benign", t) for p, t in zip(prompts, texts) if p.kind != "harmful"]
-        return {"refusal_rate_harmful": float(np.mean(h)) if h else None, "answer_rate_benign": float(np.mean(b)) if b else None}
-    js = [W.judge(p.text, t) for p, t in zip(prompts, texts)]
-    h = [j.aspects["harmless"] for p, j in zip(prompts, js) if p.kind == "harmful"]
-    b = [j.aspects["helpful"] for p, j in zip(prompts, js) if p.kind == "benign"]
-    return {"harmless_rate": float(np.mean(h)) if h else None, "helpful_rate": float(np.mean(b)) if b else None}
+def rm_judge(rm, tokenizer) -> RewardModelJudge:
+    "The trained reward model as a judge (responses follow the context after one space, as in the pairs)."
+    return RewardModelJudge(partial(reward_scores, rm, tokenizer))
 
-def evaluate_band(cfg: DPOBandConfig, trained: dict, prompts: Sequence[BandPrompt], progress=print) -> dict:
-    "Judge, reward-model and KL evaluation of the SFT model, each DPO policy and best-of-N."
-    tok, rm = trained["tokenizer"], trained["rm"].model
-    sft = load_policy(str(trained["sft_dir"]), cfg.dtype)[0]
-    ctx = [p.context for p in prompts]
-    kw = dict(temperature=cfg.temperature, max_new_tokens=cfg.max_new_tokens, seed=cfg.seed + 7, batch_size=cfg.gen_batch_size)
-    progress(f"sampling {max(cfg.bon_ns)} SFT responses for {len(prompts)} held-out prompts")
-    sft_gens = sample_policy(sft, tok, ctx, n=max(cfg.bon_ns), **kw)
-    N = max(cfg.bon_ns)
-    sft_texts = [[t.strip() for t in g.texts] for g in sft_gens]
-    flat = lambda xs: [x for row in xs for x in row]
-    rm_all = reward_scores(rm, tok, [c for c in ctx for _ in range(N)], [" " + t for t in flat(sft_texts)]).numpy().reshape(len(prompts), N)
-    gold_all = rm_all if cfg.judge == "rm" else np.array(
-        judge_scores(cfg, [p for p in prompts for _ in range(N)], flat(sft_texts))).reshape(len(prompts), N)
-    base = [row[0] for row in sft_texts]
-    rows = [_policy_row(cfg, "SFT", None, prompts, base, gold_all[:, 0], rm_all[:, 0], [0.5] * len(base),
-                        Estimate(0.0, (0.0, 0.0), len(base)), _aspect_rates(cfg, prompts, base))]
-    samples = [{"policy": "SFT", "prompt": p.text, "kind": p.kind, "response": t, "gold": float(g)}
-               for p, t, g in zip(prompts, base, gold_all[:, 0])]
-    for beta, res in trained["dpo"].items():
-        progress(f"evaluating DPO β={beta}")
-        pol = res.model.eval()
-        gens = sample_policy(pol, tok, ctx, n=1, **kw)
-        texts = [g.texts[0].strip() for g in gens]
-        rmr = reward_scores(rm, tok, ctx, [" " + t for t in texts]).tolist()
-        gold = rmr if cfg.judge == "rm" else judge_scores(cfg, prompts, texts)
-        wins = ((1 + prefer_by_scores(cfg, gold, gold_all[:, 0])) / 2).tolist()
-        kl = kl_on_samples(pol, sft, tok, gens)
-        rows.append(_policy_row(cfg, f"DPO β={beta:g}", beta, prompts, texts, gold, rmr, wins, kl, _aspect_rates(cfg, prompts, texts)))
-        samples += [{"policy": f"DPO β={beta:g}", "prompt": p.text, "kind": p.kind, "response": t, "gold": float(g)}
-                    for p, t, g in zip(prompts, texts, gold)]
-    bon = best_of_n(rm_all, gold_all, cfg.bon_ns)
-    return {"policies": rows, "best_of_n": bon, "samples": samples}
+def evaluate_band(cfg: DPOBandConfig, trained: dict, tokenizer, rm, prompts: Sequence[BandPrompt], progress=print) -> dict:
+    "Judge, reward-model and KL evaluation of the SFT model, each DPO policy (one at a time, from their checkpoints) and best-of-N."
+    rmj = rm_judge(rm, tokenizer)
+    judge = rmj if cfg.judge == "rm" else pair_judge(cfg)
+    N, names = max(cfg.bon_ns), [f"DPO β={b:g}" for b in cfg.betas]
+    policies = {"SFT": partial(load_checkpoint, cfg, trained["SFT"].checkpoint),
+                **{n: partial(load_checkpoint, cfg, trained[n].checkpoint) for n in names}}
+    progress(f"sampling {N} SFT responses for {len(prompts)} held-out prompts")
+    ev = evaluate_policies(policies, tokenizer, prompts, judge, baseline="SFT", reference="SFT", temperature=cfg.temperature,
+                           max_new_tokens=cfg.max_new_tokens, seed=cfg.seed + 7, batch_size=cfg.gen_batch_size, n={"SFT": N},
+                           progress=progress)
+    sft_texts = [[t.strip() for t in g.texts] for g in ev["SFT"].generations]
+    flat = [t for ts in sft_texts for t in ts]
+    rep = [p for p in prompts for _ in range(N)]
+    rm_all = np.array(rmj.score(rep, flat)).reshape(len(prompts), N)
+    gold_all = rm_all if cfg.judge == "rm" else np.array(judge.score(rep, flat)).reshape(len(prompts), N)
+    rows, samples = [], []
+    for name, beta in [("SFT", None), *zip(names, cfg.betas)]:
+        e = ev[name]
+        rm_r = rm_all[:, 0] if name == "SFT" else rmj.score(prompts, e.texts)
+        rows.append(_policy_row(name, beta, e, rm_r))
+        samples += [{"policy": name, "prompt": p.text, "kind": p.kind, "response": t, "gold": float(g)}
+                    for p, t, g in zip(prompts, e.texts, e.scores)]
+    return {"policies": rows, "best_of_n": best_of_n(rm_all, gold_all, cfg.bon_ns), "samples": samples, "judge": judge.name}
 
 # %% ../../nbs/bands/12_dpo.ipynb #5756d780
-def training_curves(trained: dict) -> dict:
+def training_curves(trained: dict, betas: Sequence[float]) -> dict:
     "Per-step logs: DPO reward accuracy / margin / loss per β, RM loss / accuracy."
     keep = lambda hist, keys: [{k: r[k] for k in ("step", *keys) if k in r} for r in hist if "loss" in r]
-    return {"dpo": {f"{b:g}": keep(r.log_history, ("loss", "rewards/accuracies", "rewards/margins")) for b, r in trained["dpo"].items()},
-            "rm": keep(trained["rm"].log_history, ("loss", "accuracy", "margin"))}
+    return {"dpo": {f"{b:g}": keep(trained[f"DPO β={b:g}"].log_history, ("loss", "rewards/accuracies", "rewards/margins")) for b in betas},
+            "rm": keep(trained["RM"].log_history, ("loss", "accuracy", "margin"))}
 
 # %% ../../nbs/bands/12_dpo.ipynb #39ac6bfb
-def dpo_claims(cfg: DPOBandConfig, rm_acc: Estimate, ev: dict) -> list[dict]:
-    "The band's four claims from the evaluation."
-    sft_row = ev["policies"][0]
-    row = next(r for r in ev["policies"] if r["beta"] == cfg.main_beta)
-    bon_at = interp_frontier(ev["best_of_n"], row["kl"])
-    judge = {"oracle": "the oracle", "proxy": "the refusal-and-topicality proxy", "rm": "the trained reward model"}[cfg.judge]
+def dpo_claims(cfg: DPOBandConfig, res: dict) -> list[dict]:
+    "The band's four claims from its results."
+    sft_row = res["policies"][0]
+    row = next(r for r in res["policies"] if r["beta"] == cfg.beta)
+    bon_at = interp_frontier(res["best_of_n"], row["kl"])
+    judge = res["judge"]
     return [
-        make_claim("dpo-rm-accuracy", "the reward model orders held-out pairs with accuracy above 0.6", rm_acc.mean, 0.6, ci95=rm_acc.ci95),
-        make_claim("dpo-rm-reward-up", f"mean RM reward rises from the SFT model to DPO (β={cfg.main_beta:g}): value = after − before",
+        make_claim("dpo-rm-accuracy", "the reward model orders held-out pairs with accuracy above 0.6", res["rm_accuracy"], 0.6,
+                   ci95=res["rm_accuracy_ci95"]),
+        make_claim("dpo-rm-reward-up", f"mean RM reward rises from the SFT model to DPO (β={cfg.beta:g}): value = after − before",
                    row["rm_reward"] - sft_row["rm_reward"], 0.0),
-        make_claim("dpo-beats-sft", f"DPO (β={cfg.main_beta:g}) wins against the SFT model more than half the time, judged by {judge}",
+        make_claim("dpo-beats-sft", f"DPO (β={cfg.beta:g}) wins against the SFT model more than half the time, judged by {judge}",
                    row["win_vs_sft"], 0.5, ci95=row["win_ci95"]),
-        make_claim("dpo-frontier", f"at its KL ({row['kl']:.2f} nats), DPO (β={cfg.main_beta:g}) earns at least best-of-N's reward by "
+        make_claim("dpo-frontier", f"at its KL ({row['kl']:.2f} nats), DPO (β={cfg.beta:g}) earns at least best-of-N's reward by "
                    f"{judge}: value = DPO − best-of-N", row["gold"] - bon_at, 0.0, inclusive=True),
     ]
 
 # %% ../../nbs/bands/12_dpo.ipynb #c14a8736
-def run_band(cfg: DPOBandConfig, out: str | Path, progress=print) -> dict:
-    "Pairs → three phases → evaluation → claims; returns (and writes) the results."
-    out = Path(out); out.mkdir(parents=True, exist_ok=True); t0 = time.perf_counter(); seconds = {}
-    cfg.to_json(out / "band_config.json")
-    policy, tok = load_policy(cfg.policy, cfg.dtype)
-    if cfg.pairs == "sampled":
-        progress(f"sampling preference pairs on {cfg.n_prompts} prompts")
-        pairs, pair_counts = sampled_pairs(cfg, policy, tok, band_prompts(cfg, tok, cfg.n_prompts, "train"))
-    else: pairs, pair_counts = dataset_pairs(cfg)
-    del policy; seconds["pairs"] = time.perf_counter() - t0
-    trained = train_phases(cfg, pairs, out, progress); seconds["train"] = time.perf_counter() - t0 - seconds["pairs"]
-    rm_eval = trained["rm_eval_pairs"]
-    if cfg.pairs == "sampled":  # fresh held-out pairs, sampled the same way on test prompts
-        rm_eval, _ = sampled_pairs(cfg.replace(seed=cfg.seed + 11), load_policy(cfg.policy, cfg.dtype)[0], tok,
-                                   band_prompts(cfg, tok, cfg.n_eval, "test"))
-    c = reward_scores(trained["rm"].model, tok, [p.prompt for p in rm_eval], [p.chosen for p in rm_eval])
-    r = reward_scores(trained["rm"].model, tok, [p.prompt for p in rm_eval], [p.rejected for p in rm_eval])
-    rm_acc = estimate((c > r).float().tolist())
-    t1 = time.perf_counter()
-    ev = evaluate_band(cfg, trained, band_prompts(cfg, tok, cfg.n_eval, "test"), progress)
-    seconds["eval"] = time.perf_counter() - t1; seconds["total"] = time.perf_counter() - t0
-    res = {"pair_counts": pair_counts, "phase_sizes": trained["sizes"], "rm_accuracy": rm_acc.mean,
-           "rm_accuracy_ci95": list(rm_acc.ci95), "rm_eval_pairs": rm_acc.n, "policies": ev["policies"],
-           "best_of_n": ev["best_of_n"], "curves": training_curves(trained), "claims": dpo_claims(cfg, rm_acc, ev),
-           "seconds": {k: round(v, 1) for k, v in seconds.items()}}
-    atomic_write_json(out / "results.json", res)
-    RunDir(out).write_jsonl("samples.jsonl", ev["samples"])
-    return res
+class DPOBand:
+    "DeepSpeed-Chat's three phases as a `Band`; the trained reward model stays in memory: it judges the evaluation."
+    def __init__(self): self.rm = None
+    def build_data(self, cfg, policy, tokenizer, out, progress=print): return dpo_data(cfg, policy, tokenizer, progress)
+    def rows(self, cfg, data): return dpo_rows(cfg, data)
+    def train_row(self, cfg, row, tokenizer, out, trained):
+        res = train_dpo_row(cfg, row, tokenizer, out, trained)
+        if row.kind == "reward": self.rm = res.model
+        return res
+
+    def evaluate(self, cfg: DPOBandConfig, data: dict, trained: dict, tokenizer, progress=print) -> dict:
+        "RM accuracy on fresh held-out pairs, then every policy and best-of-N (`evaluate_band`)."
+        rm_eval = data["rm_eval"]
+        if cfg.pairs == "sampled":  # fresh held-out pairs, sampled the same way on test prompts
+            rm_eval, _ = sampled_pairs(cfg, load_policy(cfg.policy, cfg.dtype)[0], tokenizer, band_prompts(cfg, tokenizer, cfg.n_eval, "test"),
+                                       pair_judge(cfg), seed=cfg.seed + 11)
+        c = reward_scores(self.rm, tokenizer, [p.prompt for p in rm_eval], [p.chosen for p in rm_eval])
+        r = reward_scores(self.rm, tokenizer, [p.prompt for p in rm_eval], [p.rejected for p in rm_eval])
+        acc = estimate((c > r).float().tolist())
+        ev = evaluate_band(cfg, trained, tokenizer, self.rm, band_prompts(cfg, tokenizer, cfg.n_eval, "test"), progress)
+        sizes = {"sft": len(data["sft"]), "rm_train": len(data["rm_train"]), "rm_eval": len(data["rm_eval"]), "dpo": len(data["dpo"])}
+        return {"pair_counts": data["pair_counts"], "phase_sizes": sizes, "rm_accuracy": acc.mean, "rm_accuracy_ci95": list(acc.ci95),
+                "rm_eval_pairs": acc.n, **ev, "curves": training_curves(trained, cfg.betas)}
+
+    def claims(self, cfg, data, results): return dpo_claims(cfg, results)
 
 # %% ../../nbs/bands/12_dpo.ipynb #5d5453ea
-def round_rows(rows: Sequence[dict], digits: int = 4) -> list[dict]:
-    "Rows with their floats (also those inside lists) rounded, for `metrics.json`."
-    r = lambda v: round(v, digits) if isinstance(v, float) else v
-    return [{k: (list(map(r, v)) if isinstance(v, list) else r(v)) for k, v in row.items()} for row in rows]
-
 def band_tables(res: dict, table_betas: Sequence[float] = (0.1, 0.3)) -> dict:
     "The band's tables: every policy, best-of-N, and the win-rate table for `table_betas`."
     r3 = lambda v: round(v, 4) if isinstance(v, float) else v

@@ -9,49 +9,48 @@ Docs: https://selfalign.github.io/selfalign/bands/self_contrast.html.md"""
 
 # %% ../../nbs/bands/42_self_contrast.ipynb #62bc8bf1
 from __future__ import annotations
-import random, shutil, tempfile, time
+import random, shutil, tempfile
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Sequence
 
 # %% auto #0
 __all__ = ['BASELINES', 'PROMPT_SETS', 'TARGET_MIX', 'SelfContrastConfig', 'sc_render', 'SCExample', 'sc_dataset', 'load_nectar',
            'load_ultrachat', 'candidate_generator', 'sample_candidates', 'make_embedder', 'similarities',
-           'negative_groups', 'dpo_std_groups', 'spin_groups', 'row_name', 'training_rows', 'train_rows',
-           'evaluate_rows', 'sc_claims', 'run_band', 'sc_tables', 'plot_self_contrast']
+           'negative_groups', 'dpo_std_groups', 'spin_groups', 'row_name', 'training_rows', 'sc_rows', 'train_sc_row',
+           'evaluate_rows', 'sc_claims', 'SelfContrastBand', 'sc_tables', 'plot_self_contrast']
 
 # %% ../../nbs/bands/42_self_contrast.ipynb #6fe42c35
 import numpy as np
-from ..core.base import RunDir, StageConfig, atomic_write_json, make_claim, seed_everything
+from ..core.base import make_claim, seed_everything
 from ..data.records import CHAT_TEMPLATES, DataError, MultiNegativeGroup
-from .dpo import (BandPrompt, _aspect_rates, _lora, config_from_params, judge_scores, load_policy, prefer_by_scores,
-                           response_sep, round_rows)
-from ..eval.policy import estimate, kl_on_samples, sample_policy
+from ..eval.policy import evaluate_policies, win_outcomes
 from ..generate.base import HFGenerator, SamplingParams, generate_to_shards, read_shards
-from ..trainers.multineg import run_multi_negative
+from ..judges.base import BandPrompt
 from ..judges.embeddings import CachedEmbedder, MiniLMEmbedder, UAEEmbedder, select_negatives
-from ..trainers.stages import PreferenceStageConfig
+from ..trainers.multineg import run_multi_negative
+from ..trainers.stages import PreferenceStageConfig, StageResult
 from ..world import base as W
+from .base import BandConfig, Row, load_checkpoint, load_policy, make_judge, response_sep, round_rows
 
 # %% ../../nbs/bands/42_self_contrast.ipynb #895d58bd
 BASELINES = ("SFT", "DPO_std", "SPIN")
 PROMPT_SETS = ("world", "hh-rlhf", "nectar", "ultrachat")
 
 @dataclass(frozen=True)
-class SelfContrastConfig(StageConfig):
-    "Everything the Self-Contrast band needs, for any scale."
+class SelfContrastConfig(BandConfig):
+    "The Self-Contrast band's config: `BandConfig` plus sampling, embedding, negative selection and the baselines."
     policy: str = "world:sft"  # the SFT model: "world:sft", "smollm2", or a folder / hub id
     prompts: str = "world"  # "world" (requests with demonstrations), "hh-rlhf", "nectar" or "ultrachat"
-    pairs_files: str | None = None  # local files in the hub dataset's schema (None: the hub)
     template: str = "world"  # "world", "chat" (tokenizer's), "zephyr" (pinned, empty system), "openchat" or "hh"
-    judge: str = "oracle"  # "oracle" (world) or "proxy" (refusal-and-topicality, `nbs/eval/11_policy`)
+    judge: str = "oracle"  # "oracle" (world) or "proxy" (refusal-and-topicality, `selfalign.judges.proxy`)
     embedder: str = "minilm"  # "minilm" (offline) or "uae" (UAE-Large-V1, CLS pooling; needs the hub)
     n_prompts: int = 192  # training prompts (each with its target)
     n_samples: int = 32  # responses sampled per training prompt
     n_eval: int = 400  # held-out prompts (one sample each per row)
     max_new_tokens: int = 40  # longest sampled response
-    temperature: float = 1.0  # sampling temperature (generation and evaluation)
     ks: tuple[int, ...] = (1, 2, 4, 8, 16)  # negative quantities of the figure
     filter: str = "lastdedup-75"  # the selection mode of the figure
     filters: tuple[str, ...] = ("all", "alldedup", "lastdedup-25", "lastdedup-50", "lastdedup-75")  # the ablation's modes
@@ -59,26 +58,20 @@ class SelfContrastConfig(StageConfig):
     baselines: tuple[str, ...] = BASELINES  # SFT (always), DPO_std, SPIN
     beta: float = 0.1  # β
     steps: int = 24  # optimiser steps per row
-    lr: float = 1e-4  # learning rate
     lr_scheduler: str = "cosine"  # the paper: cosine
     batch_size: int = 8  # prompts per micro-batch
-    grad_accum: int = 1  # micro-batches per optimiser step
     train_mode: str = "batch"  # "batch" (one chosen + k rejected per row) or "pairs" (the paper's expansion)
     max_length: int = 160  # longest prompt + response in tokens
-    lora_r: int = 0  # LoRA rank (0: full fine-tuning)
-    quantization: str | None = None  # "4bit" for QLoRA (GPU)
-    dtype: str = "fp32"  # model dtype
     gen_batch_size: int = 256  # rows per generation call
     backend: str = "hf"  # who samples the candidates: "hf" (transformers, fp32) or "vllm" (the vLLM engine, in `dtype`)
-    seed: int = 0  # the one seed
 
     def __post_init__(self):
+        super().__post_init__()
         if self.prompts not in PROMPT_SETS: raise ValueError(f"prompts must be one of {list(PROMPT_SETS)}, got {self.prompts!r}")
         if self.template not in ("world", "chat", "zephyr", "openchat", "hh"): raise ValueError(f"unknown template {self.template!r}")
         if self.prompts == "ultrachat" and "DPO_std" in self.baselines:
             raise ValueError("ultrachat has no preference pairs of its own: drop DPO_std from baselines")
         if self.judge not in ("oracle", "proxy"): raise ValueError(f"judge must be oracle or proxy, got {self.judge!r}")
-        if self.judge == "oracle" and self.prompts != "world": raise ValueError("the oracle judges world prompts only")
         if self.embedder not in ("minilm", "uae"): raise ValueError(f"embedder must be minilm or uae, got {self.embedder!r}")
         if self.backend not in ("hf", "vllm"): raise ValueError(f"backend must be 'hf' or 'vllm', got {self.backend!r}")
         bad = [b for b in self.baselines if b not in BASELINES]
@@ -86,11 +79,6 @@ class SelfContrastConfig(StageConfig):
         if not self.ks or min(self.ks) < 1 or max(self.ks + (self.ablation_k,)) >= self.n_samples:
             raise ValueError(f"every k must be in [1, n_samples) = [1, {self.n_samples}); got ks={list(self.ks)}, ablation_k={self.ablation_k}")
         if self.train_mode not in ("batch", "pairs"): raise ValueError(f"train_mode must be 'batch' or 'pairs', got {self.train_mode!r}")
-
-    @classmethod
-    def from_params(cls, params: dict) -> SelfContrastConfig:
-        "The config from a paper notebook's parameters (other names ignored; \"\" means None for optional fields)."
-        return config_from_params(cls, params)
 
 # %% ../../nbs/bands/42_self_contrast.ipynb #c6bee53e
 TARGET_MIX = {**{k: v for k, v in W.SFT_MIX.items()},  # benign and borderline: the world's SFT demonstrations
@@ -143,23 +131,24 @@ def sc_dataset(cfg: SelfContrastConfig, tokenizer, n: int, split: str) -> list[S
 
 # %% ../../nbs/bands/42_self_contrast.ipynb #76f4ae9f
 def _hub_or_files(cfg: SelfContrastConfig, hub_id: str, split: str, limit: int | None):
-    from selfalign.data.corpora import _file_rows, _hub_rows
-    return _file_rows(cfg.pairs_files, split) if cfg.pairs_files else _hub_rows(hub_id, split, limit)
+    from selfalign.data.corpora import file_rows, hub_rows
+    return file_rows(cfg.pairs_files, split) if cfg.pairs_files else hub_rows(hub_id, split, limit)
 
 def load_nectar(cfg: SelfContrastConfig, tokenizer, n: int, split: str) -> list[SCExample]:
     "Nectar rows: rank-1 answer as the target, the worst-ranked as the dataset's rejected reply."
-    from selfalign.data.corpora import _fail, _field
+    from selfalign.data.corpora import field_at
+    from selfalign.data.records import fail_at
     skip = cfg.n_prompts if split == "test" else 0
     out = []
     for i, (where, row) in enumerate(_hub_or_files(cfg, "berkeley-nest/Nectar", "train", skip + n if not cfg.pairs_files else None)):
         if i < skip: continue
-        prompt, answers = _field(row, "prompt", where), _field(row, "answers", where, (list,))
+        prompt, answers = field_at(row, "prompt", where), field_at(row, "answers", where, (list,))
         try: msgs = CHAT_TEMPLATES["hh"].parse(prompt.rstrip() if prompt.rstrip().endswith("Assistant:") else prompt)
-        except ValueError as e: _fail(where, "prompt", str(e))
+        except ValueError as e: fail_at(where, "prompt", str(e))
         ranked = []
         for j, a in enumerate(answers):
             if not isinstance(a, dict) or not isinstance(a.get("answer"), str) or not isinstance(a.get("rank"), (int, float)):
-                _fail(where, f"answers[{j}]", "expected an object with a string 'answer' and a numeric 'rank'")
+                fail_at(where, f"answers[{j}]", "expected an object with a string 'answer' and a numeric 'rank'")
             ranked.append((a["rank"], a["answer"].strip()))
         ranked = sorted(r for r in ranked if r[1])
         if len(ranked) < 2 or not msgs or (split == "test" and len(msgs) != 1): continue
@@ -169,14 +158,15 @@ def load_nectar(cfg: SelfContrastConfig, tokenizer, n: int, split: str) -> list[
 
 def load_ultrachat(cfg: SelfContrastConfig, tokenizer, n: int, split: str) -> list[SCExample]:
     "UltraChat rows: the conversation up to its last assistant turn, and that turn as the target."
-    from selfalign.data.corpora import _fail, _field
+    from selfalign.data.corpora import field_at
+    from selfalign.data.records import fail_at
     out = []
     hub_split = "train_sft" if split == "train" else "test_sft"
     for where, row in _hub_or_files(cfg, "HuggingFaceH4/ultrachat_200k", hub_split, None if cfg.pairs_files else 4 * n):
-        msgs = _field(row, "messages", where, (list,))
+        msgs = field_at(row, "messages", where, (list,))
         for j, m in enumerate(msgs):
             if not isinstance(m, dict) or m.get("role") not in ("system", "user", "assistant") or not isinstance(m.get("content"), str):
-                _fail(where, f"messages[{j}]", "expected an object with role system/user/assistant and string content")
+                fail_at(where, f"messages[{j}]", "expected an object with role system/user/assistant and string content")
         if split == "test": msgs = msgs[:2]
         last = max((j for j, m in enumerate(msgs) if m["role"] == "assistant"), default=None)
         if last is None or not msgs[last]["content"].strip() or not any(m["role"] == "user" for m in msgs[:last]): continue
@@ -259,11 +249,6 @@ def spin_groups(cfg: SelfContrastConfig, examples: Sequence[SCExample], outputs:
     return gs, {"prompts": len(examples), "groups": len(gs), "skipped": len(examples) - len(gs)}
 
 # %% ../../nbs/bands/42_self_contrast.ipynb #20980e10
-def _stage(cfg: SelfContrastConfig, out: Path) -> PreferenceStageConfig:
-    return PreferenceStageConfig(output_dir=str(out), max_steps=cfg.steps, learning_rate=cfg.lr, beta=cfg.beta,
-                                 batch_size=cfg.batch_size, gradient_accumulation_steps=cfg.grad_accum, max_length=cfg.max_length,
-                                 lr_scheduler_type=cfg.lr_scheduler, seed=cfg.seed, logging_steps=1, bf16=cfg.dtype == "bf16")
-
 def row_name(mode: str, k: int, figure_filter: str) -> str:
     "`SC k=4` for the figure's filter, `SC alldedup k=4` otherwise."
     return f"SC k={k}" if mode == figure_filter else f"SC {mode} k={k}"
@@ -274,58 +259,58 @@ def training_rows(cfg: SelfContrastConfig) -> list[tuple[str, str, int]]:
     rows += [(row_name(m, cfg.ablation_k, cfg.filter), m, cfg.ablation_k) for m in cfg.filters]
     return list(dict.fromkeys(rows))
 
-def train_rows(cfg: SelfContrastConfig, data: dict[str, list[MultiNegativeGroup]], tokenizer, out: str | Path, progress=print) -> dict:
-    "Train each row on its groups; returns name → (model, `StageResult`)."
-    out, trained = Path(out), {}
-    for name, groups in data.items():
-        if not groups: raise DataError(f"{name}: no training groups (every prompt was skipped)")
-        seed_everything(cfg.seed)
-        model = load_policy(cfg.policy, cfg.dtype, lora=_lora(cfg), quantization=cfg.quantization)[0]
-        progress(f"{name}: {len(groups)} prompts × {len(groups[0].rejected)} negatives")
-        r = run_multi_negative(_stage(cfg, out / name.replace(" ", "_").replace("=", "")), model, tokenizer, groups, mode=cfg.train_mode)
-        trained[name] = (r.model, r)
-    return trained
+def sc_rows(cfg: SelfContrastConfig, data: dict) -> list[Row]:
+    "One row per k and filter, then the baselines, each on its groups (an empty row is an error that says what to change)."
+    groups, counts = data["groups"], data["counts"]
+    empty = [n for n, g in groups.items() if not g]
+    if empty: raise DataError(f"no training groups for {empty}: {[counts[n] for n in empty]}; raise n_prompts or n_samples, or lower k")
+    return [Row(n, "multineg", g, cfg.train_spec(), folder=n.replace(" ", "_").replace("=", "")) for n, g in groups.items()]
+
+def train_sc_row(cfg: SelfContrastConfig, row: Row, tokenizer, out: Path, trained: dict, progress=print) -> StageResult:
+    "Train one row from a freshly seeded policy: one SFT target against its k negatives per prompt."
+    seed_everything(cfg.seed)
+    model = load_policy(cfg.policy, cfg.dtype, lora=cfg.lora(), quantization=cfg.quantization)[0]
+    progress(f"{row.name}: {len(row.data)} prompts × {len(row.data[0].rejected)} negatives")
+    stage = PreferenceStageConfig(output_dir=str(out), beta=cfg.beta, **row.spec.stage_kwargs(cfg.seed, bf16=cfg.dtype == "bf16"))
+    return run_multi_negative(stage, model, tokenizer, row.data, mode=cfg.train_mode)
 
 # %% ../../nbs/bands/42_self_contrast.ipynb #6104375b
-def evaluate_rows(cfg: SelfContrastConfig, models: dict, tokenizer, test: Sequence[SCExample], progress=print) -> tuple[list[dict], list[dict]]:
-    "One row per model (its name → win rate against the targets with a 95% CI, gold, KL), and the samples."
+def evaluate_rows(cfg: SelfContrastConfig, trained: dict, tokenizer, test: Sequence[SCExample], judge, progress=print) -> tuple[list[dict], list[dict]]:
+    "One row per policy (the SFT model, then each trained row from its checkpoint): win rate against the targets, gold, KL; the samples."
     prompts = [e.prompt for e in test]
-    tgold = judge_scores(cfg, prompts, [e.target for e in test])
-    kw = dict(temperature=cfg.temperature, max_new_tokens=cfg.max_new_tokens, seed=cfg.seed + 7, batch_size=cfg.gen_batch_size)
+    tgold = judge.score(prompts, [e.target for e in test])
+    policies = {"SFT": lambda: load_policy(cfg.policy, cfg.dtype)[0], **{n: partial(load_checkpoint, cfg, t.checkpoint) for n, t in trained.items()}}
+    ev = evaluate_policies(policies, tokenizer, prompts, judge, baseline=tgold, reference="SFT", temperature=cfg.temperature,
+                           max_new_tokens=cfg.max_new_tokens, seed=cfg.seed + 7, batch_size=cfg.gen_batch_size, progress=progress)
     rows, samples = [], []
-    for name, m in models.items():
-        progress(f"evaluating {name}")
-        gens = sample_policy(m.eval(), tokenizer, [p.context for p in prompts], n=1, **kw)
-        texts = [g.texts[0].strip() for g in gens]
-        gold = judge_scores(cfg, prompts, texts)
-        wins = ((1 + prefer_by_scores(cfg, gold, tgold)) / 2).tolist()
-        g, w = estimate(gold), estimate(wins)
-        kl = 0.0 if name == "SFT" else kl_on_samples(m, models["SFT"], tokenizer, gens).mean
-        rows.append({"method": name, "win_vs_target": w.mean, "win_ci95": list(w.ci95), "gold": g.mean, "gold_ci95": list(g.ci95),
-                     "kl": kl, **_aspect_rates(cfg, prompts, texts), "n": len(texts)})
-        samples += [{"method": name, "prompt": p.text, "kind": p.kind, "target": e.target, "response": t, "gold": float(s), "win": float(x)}
-                    for p, e, t, s, x in zip(prompts, test, texts, gold, wins)]
+    for name, e in ev.items():
+        rows.append({"method": name, "win_vs_target": e.win.mean, "win_ci95": list(e.win.ci95), "gold": e.gold.mean,
+                     "gold_ci95": list(e.gold.ci95), "kl": e.kl.mean, **e.rates, "n": len(e.texts)})
+        wins = win_outcomes(e.scores, tgold, judge.tie)
+        samples += [{"method": name, "prompt": p.text, "kind": p.kind, "target": x.target, "response": t, "gold": float(s), "win": float(w)}
+                    for p, x, t, s, w in zip(prompts, test, e.texts, e.scores, wins)]
     return rows, samples
 
 # %% ../../nbs/bands/42_self_contrast.ipynb #8d87765c
-def sc_claims(cfg: SelfContrastConfig, table: list[dict]) -> list[dict]:
-    "The band's claims from its table."
+def sc_claims(cfg: SelfContrastConfig, table: list[dict], judge: str = "the oracle") -> list[dict]:
+    "The band's claims from its table, keyed on the configured ks (the largest against the smallest)."
     t = {r["method"]: r for r in table}
     win = lambda m: t[m]["win_vs_target"] if m in t else None
-    by = "the oracle" if cfg.judge == "oracle" else "the refusal-and-topicality proxy"
+    by = judge
     sc = [r for r in table if r["method"] in {row_name(cfg.filter, k, cfg.filter) for k in cfg.ks}]
     best = max(sc, key=lambda r: r["win_vs_target"]) if sc else None
-    kA = cfg.ablation_k
+    kmin, kmax, kA = min(cfg.ks), max(cfg.ks), cfg.ablation_k
+    lo, hi = row_name(cfg.filter, kmin, cfg.filter), row_name(cfg.filter, kmax, cfg.filter)
     out = []
-    if "SC k=16" in t and "SC k=1" in t:
-        out.append(make_claim("sc-more-negatives-help", f"win rate against the SFT target (by {by}) is higher with 16 negatives than with 1: "
-                              "value = win(k=16) − win(k=1)", win("SC k=16") - win("SC k=1"), 0.0))
+    if kmax > kmin and hi in t and lo in t:
+        out.append(make_claim("sc-more-negatives-help", f"win rate against the SFT target (by {by}) is higher with {kmax} negatives than with "
+                              f"{kmin}: value = win(k={kmax}) − win(k={kmin})", win(hi) - win(lo), 0.0))
     if best is not None and "DPO_std" in t:
         out.append(make_claim("sc-beats-dpo-std", f"the best k ({best['method']}) wins more often than DPO on the dataset's own pairs (by {by}): "
                               "value = best − DPO_std", best["win_vs_target"] - win("DPO_std"), 0.0))
-    if "SC k=16" in t:
-        out.append(make_claim("sc-beats-sft", f"with 16 negatives the policy's response beats the SFT target more than half the time (by {by})",
-                              win("SC k=16"), 0.5, ci95=t["SC k=16"]["win_ci95"]))
+    if hi in t:
+        out.append(make_claim("sc-beats-sft", f"with {kmax} negatives the policy's response beats the SFT target more than half the time (by {by})",
+                              win(hi), 0.5, ci95=t[hi]["win_ci95"]))
     a, b = row_name(cfg.filter, kA, cfg.filter), row_name("all", kA, cfg.filter)
     if cfg.filter == "lastdedup-75" and a in t and b in t:
         out.append(make_claim("sc-filter-helps", f"lastdedup-75 negatives win at least as often as unfiltered ones (k={kA}, by {by}): "
@@ -333,42 +318,41 @@ def sc_claims(cfg: SelfContrastConfig, table: list[dict]) -> list[dict]:
     return out
 
 # %% ../../nbs/bands/42_self_contrast.ipynb #c5166ef2
-def run_band(cfg: SelfContrastConfig, out: str | Path, progress=print, generator=None) -> dict:
-    "Sampling → embeddings → negatives → every row trained → evaluation → claims; writes results.json and samples.jsonl."
-    out = Path(out); out.mkdir(parents=True, exist_ok=True); t0 = time.perf_counter(); secs = {}
-    cfg.to_json(out / "band_config.json"); seed_everything(cfg.seed)
-    sft, tok = load_policy(cfg.policy, cfg.dtype)
-    train = sc_dataset(cfg, tok, cfg.n_prompts, "train")
-    progress(f"sampling {cfg.n_samples} responses for each of {len(train)} prompts")
-    outputs = sample_candidates(cfg, sft, tok, train, out / "samples", generator)
-    secs["generate"] = time.perf_counter() - t0
-    progress("embedding samples and targets")
-    sims = similarities(make_embedder(cfg, out / "embeddings.sqlite"), train, outputs)
-    secs["embed"] = time.perf_counter() - t0 - secs["generate"]
-    data, counts = {}, {}
-    for name, mode, k in training_rows(cfg):
-        data[name], counts[name] = negative_groups(cfg, train, outputs, sims, mode, k)
-    if "DPO_std" in cfg.baselines: data["DPO_std"], counts["DPO_std"] = dpo_std_groups(cfg, train)
-    if "SPIN" in cfg.baselines: data["SPIN"], counts["SPIN"] = spin_groups(cfg, train, outputs)
-    empty = [n for n, g in data.items() if not g]
-    if empty: raise DataError(f"no training groups for {empty}: {[counts[n] for n in empty]}; raise n_prompts or n_samples, or lower k")
-    uniq = [len({o for o in outs if o}) for outs in outputs]
-    diversity = {"distinct_per_prompt_mean": float(np.mean(uniq)), "empty_share": float(np.mean([o == "" for outs in outputs for o in outs])),
-                 "similarity_mean": float(np.mean([s.mean() for s in sims]))}
-    trained = train_rows(cfg, data, tok, out, progress)
-    secs["train"] = time.perf_counter() - t0 - secs["generate"] - secs["embed"]
-    t1 = time.perf_counter()
-    models = {"SFT": sft, **{n: m for n, (m, _) in trained.items()}}
-    table, samples = evaluate_rows(cfg, models, tok, sc_dataset(cfg, tok, cfg.n_eval, "test"), progress)
-    secs["eval"] = time.perf_counter() - t1; secs["total"] = time.perf_counter() - t0
-    for r in table:
-        r["k"] = len(data[r["method"]][0].rejected) if r["method"] in data else 0
-        r["train_seconds"] = round(trained[r["method"]][1].seconds, 1) if r["method"] in trained else 0.0
-    res = {"counts": counts, "diversity": diversity, "table": table, "claims": sc_claims(cfg, table),
-           "curves": {n: r.losses() for n, (_, r) in trained.items()}, "seconds": {k: round(v, 1) for k, v in secs.items()}}
-    atomic_write_json(out / "results.json", res)
-    RunDir(out).write_jsonl("samples.jsonl", samples)
-    return res
+class SelfContrastBand:
+    "Self-Contrast as a `Band`: massive self-generation, embedding-chosen negatives, one row per k and filter, the baselines."
+    def __init__(self, generator=None):  # a `Generator` for the candidates (default: `candidate_generator`'s)
+        self.generator = generator
+
+    def build_data(self, cfg: SelfContrastConfig, policy, tokenizer, out: Path, progress=print) -> dict:
+        "Training prompts with targets, the sampled candidates, their similarities, and every row's groups with counts."
+        train = sc_dataset(cfg, tokenizer, cfg.n_prompts, "train")
+        progress(f"sampling {cfg.n_samples} responses for each of {len(train)} prompts")
+        outputs = sample_candidates(cfg, policy, tokenizer, train, out / "samples", self.generator)
+        progress("embedding samples and targets")
+        sims = similarities(make_embedder(cfg, out / "embeddings.sqlite"), train, outputs)
+        groups, counts = {}, {}
+        for name, mode, k in training_rows(cfg):
+            groups[name], counts[name] = negative_groups(cfg, train, outputs, sims, mode, k)
+        if "DPO_std" in cfg.baselines: groups["DPO_std"], counts["DPO_std"] = dpo_std_groups(cfg, train)
+        if "SPIN" in cfg.baselines: groups["SPIN"], counts["SPIN"] = spin_groups(cfg, train, outputs)
+        uniq = [len({o for o in outs if o}) for outs in outputs]
+        diversity = {"distinct_per_prompt_mean": float(np.mean(uniq)), "empty_share": float(np.mean([o == "" for outs in outputs for o in outs])),
+                     "similarity_mean": float(np.mean([s.mean() for s in sims]))}
+        return {"groups": groups, "counts": counts, "diversity": diversity}
+
+    def rows(self, cfg, data): return sc_rows(cfg, data)
+    def train_row(self, cfg, row, tokenizer, out, trained): return train_sc_row(cfg, row, tokenizer, out, trained)
+
+    def evaluate(self, cfg: SelfContrastConfig, data: dict, trained: dict, tokenizer, progress=print) -> dict:
+        judge = make_judge(cfg.judge)
+        table, samples = evaluate_rows(cfg, trained, tokenizer, sc_dataset(cfg, tokenizer, cfg.n_eval, "test"), judge, progress)
+        for r in table:
+            r["k"] = len(data["groups"][r["method"]][0].rejected) if r["method"] in data["groups"] else 0
+            r["train_seconds"] = round(trained[r["method"]].seconds, 1) if r["method"] in trained else 0.0
+        return {"counts": data["counts"], "diversity": data["diversity"], "table": table, "judge": judge.name,
+                "curves": {n: t.losses() for n, t in trained.items()}, "samples": samples}
+
+    def claims(self, cfg, data, results): return sc_claims(cfg, results["table"], results["judge"])
 
 # %% ../../nbs/bands/42_self_contrast.ipynb #ac737c75
 def sc_tables(cfg: SelfContrastConfig, res: dict) -> dict:

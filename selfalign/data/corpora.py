@@ -16,12 +16,13 @@ from typing import Iterable, Iterator
 # %% auto #0
 __all__ = ['PROMPT_SOURCES', 'HH_ASSISTANT', 'HH_SKIPS', 'PKU_CRITERIA', 'PKU_SKIPS', 'PromptSource', 'allocate',
            'stratified_subset', 'read_donotanswer', 'read_harmbench', 'read_mtbench', 'prompts_dir', 'vendor_prompts',
-           'offline_prompts', 'offline_prompt_mix', 'hh_pair', 'load_hh_rlhf', 'pku_pair', 'load_pku_saferlhf']
+           'offline_prompts', 'offline_prompt_mix', 'file_rows', 'hub_rows', 'field_at', 'hh_pair', 'load_hh_rlhf',
+           'pku_pair', 'load_pku_saferlhf']
 
 # %% ../../nbs/data/09_corpora.ipynb #0071e27b
 import datasets
 import pyarrow.parquet as pq
-from .records import PreferencePair, render_prompt, _decode, _fail, _loads, _tname
+from .records import PreferencePair, decode_utf8, fail_at, json_type_name, parse_json, render_prompt
 
 # %% ../../nbs/data/09_corpora.ipynb #16b046ed
 @dataclass(frozen=True)
@@ -180,13 +181,13 @@ def _json_rows(path: Path) -> Iterator[tuple[str, object]]:
     with _OPENERS.get(path.suffix, open)(path, "rb") as f:
         if f.read(4096).lstrip().startswith(b"["):
             f.seek(0)
-            rows = _loads(_decode(f.read(), str(path)), str(path))
+            rows = parse_json(decode_utf8(f.read(), str(path)), str(path))
             yield from ((f"{path} row {i}", r) for i, r in enumerate(rows)); return
         f.seek(0)
         for n, raw in enumerate(f, 1):
             if n == 1 and raw.startswith(b"\xef\xbb\xbf"): raw = raw[3:]
-            text = _decode(raw, f"{path}:{n}")
-            if text.strip(): yield f"{path}:{n}", _loads(text, f"{path}:{n}")
+            text = decode_utf8(raw, f"{path}:{n}")
+            if text.strip(): yield f"{path}:{n}", parse_json(text, f"{path}:{n}")
 
 def _parquet_rows(path: Path) -> Iterator[tuple[str, object]]:
     i = 0
@@ -194,8 +195,10 @@ def _parquet_rows(path: Path) -> Iterator[tuple[str, object]]:
         for r in batch.to_pylist(): yield f"{path} row {i}", r; i += 1
 
 # %% ../../nbs/data/09_corpora.ipynb #451b3977
-def _file_rows(data_files, split: str) -> Iterator[tuple[str, object]]:
-    "(where, row) for every row of `data_files` (a path, a list of paths, or a dict split -> either)."
+def file_rows(data_files,  # a path, a list of paths, or a dict split -> either
+              split: str,  # the split to read when `data_files` is a dict
+             ) -> Iterator[tuple[str, object]]:
+    "(where, row) for every row of `data_files`; `where` is `file:line` (JSON lines) or `file row i`."
     if isinstance(data_files, dict):
         if split not in data_files: raise ValueError(f"data_files has no split {split!r}; it has {sorted(data_files)}")
         data_files = data_files[split]
@@ -204,19 +207,28 @@ def _file_rows(data_files, split: str) -> Iterator[tuple[str, object]]:
     if missing: raise FileNotFoundError(f"data files not found: {', '.join(missing)}")
     for p in paths: yield from (_parquet_rows(p) if p.suffix == ".parquet" else _json_rows(p))
 
-def _hub_rows(hub_id: str, split: str, limit: int | None, **load_kwargs) -> Iterator[tuple[str, object]]:
+def hub_rows(hub_id: str,  # a hub dataset id
+             split: str,  # the split to read
+             limit: int | None,  # the first `limit` rows only, if given
+             **load_kwargs,  # passed to `datasets.load_dataset` (`name`, `data_dir`, `revision`, ...)
+            ) -> Iterator[tuple[str, object]]:
     "(where, row) for the rows of a hub dataset split (the first `limit` only, if given)."
     ds = datasets.load_dataset(hub_id, split=split if limit is None else f"{split}[:{limit}]", **load_kwargs)
     name = "/".join([hub_id] + [str(load_kwargs[k]) for k in ("name", "data_dir") if load_kwargs.get(k)])
     yield from ((f"{name} {split} row {i}", r) for i, r in enumerate(ds))
 
 # %% ../../nbs/data/09_corpora.ipynb #ee5bcbb7
-def _field(row, name: str, where: str, types: tuple = (str,)):
-    if not isinstance(row, dict): _fail(where, None, f"expected a JSON object, got {_tname(row)}")
-    if name not in row: _fail(where, name, "missing")
+def field_at(row,  # one parsed row (a dict, if well-formed)
+             name: str,  # the field to read
+             where: str,  # the row's place, for errors, e.g. "train.jsonl:17"
+             types: tuple = (str,),  # the accepted types (a boolean never passes for `int`)
+            ):
+    "`row[name]`, checked to be one of `types`; otherwise a `DataError` naming `where` and the field."
+    if not isinstance(row, dict): fail_at(where, None, f"expected a JSON object, got {json_type_name(row)}")
+    if name not in row: fail_at(where, name, "missing")
     v = row[name]
     if not isinstance(v, types) or (int in types and isinstance(v, bool)):
-        _fail(where, name, f"expected a {' or '.join(_tname(t()) for t in types)}, got {_tname(v)}")
+        fail_at(where, name, f"expected a {' or '.join(json_type_name(t()) for t in types)}, got {json_type_name(v)}")
     return v
 
 def _collect(rows: Iterator[tuple[str, object]], make, skips: tuple[str, ...], label: str) -> tuple[list, dict]:
@@ -236,7 +248,7 @@ def hh_pair(row: dict,  # one hh-rlhf row
             where: str = "row",  # its place, for errors and `meta`
            ) -> PreferencePair | str:
     "The `PreferencePair` of one hh-rlhf row, or why it is skipped (one of `HH_SKIPS`)."
-    chosen, rejected = _field(row, "chosen", where), _field(row, "rejected", where)
+    chosen, rejected = field_at(row, "chosen", where), field_at(row, "rejected", where)
     ci, ri = chosen.rfind(HH_ASSISTANT), rejected.rfind(HH_ASSISTANT)
     if ci < 0 or ri < 0: return "no_assistant_turn"
     k = ci + len(HH_ASSISTANT)
@@ -256,8 +268,8 @@ def load_hh_rlhf(data_files=None,  # local files in the hub's schema (path, list
                  **load_kwargs,  # passed to `datasets.load_dataset`
                 ) -> tuple[list[PreferencePair], dict[str, int]]:
     "hh-rlhf rows as `PreferencePair`s (hh format) and the count of rows skipped for each reason in `HH_SKIPS`."
-    if data_files is not None: rows = islice(_file_rows(data_files, split), limit)
-    else: rows = (x for s in subsets for x in _hub_rows(hub_id, split, limit, data_dir=s, **load_kwargs))
+    if data_files is not None: rows = islice(file_rows(data_files, split), limit)
+    else: rows = (x for s in subsets for x in hub_rows(hub_id, split, limit, data_dir=s, **load_kwargs))
     return _collect(rows, hh_pair, HH_SKIPS, "hh-rlhf")
 
 # %% ../../nbs/data/09_corpora.ipynb #19921f13
@@ -265,7 +277,7 @@ PKU_CRITERIA = {"safer": "safer_response_id", "better": "better_response_id"}
 PKU_SKIPS = ("empty_prompt", "prompt_has_markers", "empty_response", "identical_responses")
 
 def _safety(row, i, where):
-    return _field(row, f"is_response_{i}_safe", where, (bool,)) if f"is_response_{i}_safe" in row else None
+    return field_at(row, f"is_response_{i}_safe", where, (bool,)) if f"is_response_{i}_safe" in row else None
 
 def _check_criterion(criterion):
     if criterion not in PKU_CRITERIA: raise ValueError(f"unknown criterion {criterion!r}; use one of {list(PKU_CRITERIA)}")
@@ -277,9 +289,9 @@ def pku_pair(row: dict,  # one PKU-SafeRLHF row
             ) -> PreferencePair | str:
     "The `PreferencePair` of one PKU-SafeRLHF row (safe_rlhf format), or why it is skipped (one of `PKU_SKIPS`)."
     _check_criterion(criterion)
-    q, res = _field(row, "prompt", where), [_field(row, f"response_{i}", where) for i in (0, 1)]
-    best = _field(row, PKU_CRITERIA[criterion], where, (int,))
-    if best not in (0, 1): _fail(where, PKU_CRITERIA[criterion], f"expected 0 or 1, got {best}")
+    q, res = field_at(row, "prompt", where), [field_at(row, f"response_{i}", where) for i in (0, 1)]
+    best = field_at(row, PKU_CRITERIA[criterion], where, (int,))
+    if best not in (0, 1): fail_at(where, PKU_CRITERIA[criterion], f"expected 0 or 1, got {best}")
     safe = [_safety(row, i, where) for i in (0, 1)]
     if not q.strip(): return "empty_prompt"
     if not all(r.strip() for r in res): return "empty_response"
@@ -300,5 +312,5 @@ def load_pku_saferlhf(data_files=None,  # local files in the hub's schema (path,
                      ) -> tuple[list[PreferencePair], dict[str, int]]:
     "PKU-SafeRLHF rows as `PreferencePair`s (safe_rlhf format) and the count of rows skipped for each reason in `PKU_SKIPS`."
     _check_criterion(criterion)
-    rows = islice(_file_rows(data_files, split), limit) if data_files is not None else _hub_rows(hub_id, split, limit, **load_kwargs)
+    rows = islice(file_rows(data_files, split), limit) if data_files is not None else hub_rows(hub_id, split, limit, **load_kwargs)
     return _collect(rows, lambda r, w: pku_pair(r, w, criterion), PKU_SKIPS, f"PKU-SafeRLHF ({criterion})")

@@ -12,10 +12,10 @@ from pathlib import Path
 from typing import Callable, ClassVar, Iterable, Iterator
 
 # %% auto #0
-__all__ = ['RECORD_TYPES', 'chatml', 'hh', 'zephyr', 'safe_rlhf', 'CHAT_TEMPLATES', 'DataError', 'SFTExample', 'PreferencePair',
-           'MultiNegativeGroup', 'validate_record', 'group_id', 'expand_group', 'expand_groups', 'group_pairs',
-           'iter_jsonl', 'read_jsonl', 'record_to_dict', 'write_jsonl', 'to_dataset', 'from_dataset', 'ChatTemplate',
-           'render_prompt']
+__all__ = ['RECORD_TYPES', 'chatml', 'hh', 'zephyr', 'safe_rlhf', 'CHAT_TEMPLATES', 'DataError', 'fail_at', 'json_type_name',
+           'SFTExample', 'PreferencePair', 'MultiNegativeGroup', 'validate_record', 'group_id', 'expand_group',
+           'expand_groups', 'group_pairs', 'parse_json', 'decode_utf8', 'iter_jsonl', 'read_jsonl', 'record_to_dict',
+           'write_jsonl', 'to_dataset', 'from_dataset', 'ChatTemplate', 'render_prompt']
 
 # %% ../../nbs/data/01_records.ipynb #12cdb0f1
 import datasets
@@ -25,10 +25,15 @@ from ..core.base import atomic_write_text
 class DataError(ValueError):
     "Bad training data, reported as `where: field 'name': problem` (`where` is `file:line` or `name row i`)."
 
-def _fail(where, field, problem):
+def fail_at(where: str,  # `file:line` or `name row i`
+            field: str | None,  # the field at fault (None: the row as a whole)
+            problem: str,  # what is wrong with it
+           ):
+    "Raise `DataError` as `where: field 'name': problem` (or `where: problem` without a field)."
     raise DataError(f"{where}: field '{field}': {problem}" if field is not None else f"{where}: {problem}")
 
-def _tname(v) -> str:
+def json_type_name(v,  # any parsed JSON value
+                  ) -> str:
     "The JSON name of `v`'s type, for error messages."
     if v is None: return "null"
     if isinstance(v, bool): return "boolean"
@@ -39,24 +44,24 @@ _SURROGATE = re.compile("[\ud800-\udfff]")
 
 # %% ../../nbs/data/01_records.ipynb #a54bc1a0
 def _text(v, where, name):
-    if not isinstance(v, str): _fail(where, name, f"expected a string, got {_tname(v)}")
-    if not v.strip(): _fail(where, name, "empty text")
-    if _SURROGATE.search(v): _fail(where, name, "text holds a lone surrogate (not encodable as UTF-8)")
+    if not isinstance(v, str): fail_at(where, name, f"expected a string, got {json_type_name(v)}")
+    if not v.strip(): fail_at(where, name, "empty text")
+    if _SURROGATE.search(v): fail_at(where, name, "text holds a lone surrogate (not encodable as UTF-8)")
     return v
 
 def _texts(v, where, name):
-    if not isinstance(v, (list, tuple)): _fail(where, name, f"expected a list of strings, got {_tname(v)}")
-    if not v: _fail(where, name, "empty list (need at least one rejected response)")
+    if not isinstance(v, (list, tuple)): fail_at(where, name, f"expected a list of strings, got {json_type_name(v)}")
+    if not v: fail_at(where, name, "empty list (need at least one rejected response)")
     return tuple(_text(s, where, f"{name}[{i}]") for i, s in enumerate(v))
 
 def _margin(v, where, name):
     if v is None: return None
-    if isinstance(v, bool) or not isinstance(v, numbers.Real): _fail(where, name, f"expected a number or null, got {_tname(v)}")
-    if not math.isfinite(v): _fail(where, name, f"not finite ({v})")
+    if isinstance(v, bool) or not isinstance(v, numbers.Real): fail_at(where, name, f"expected a number or null, got {json_type_name(v)}")
+    if not math.isfinite(v): fail_at(where, name, f"not finite ({v})")
     return float(v)
 
 def _meta(v, where, name):
-    if v is not None and not isinstance(v, dict): _fail(where, name, f"expected an object or null, got {_tname(v)}")
+    if v is not None and not isinstance(v, dict): fail_at(where, name, f"expected an object or null, got {json_type_name(v)}")
     return v
 
 # %% ../../nbs/data/01_records.ipynb #6c241ac4
@@ -105,7 +110,7 @@ def _record_type(t):
 
 def _check_meta_json(meta, where):
     try: json.dumps(meta, allow_nan=False)
-    except (TypeError, ValueError) as e: _fail(where, "meta", f"not strict JSON ({e})")
+    except (TypeError, ValueError) as e: fail_at(where, "meta", f"not strict JSON ({e})")
 
 # %% ../../nbs/data/01_records.ipynb #56437175
 def validate_record(d: dict,  # a parsed JSON object or dataset row
@@ -114,15 +119,15 @@ def validate_record(d: dict,  # a parsed JSON object or dataset row
                    ):
     "Check `d` against `record_type` and build the record; raise `DataError` naming `where` and the field."
     cls = _record_type(record_type)
-    if not isinstance(d, dict): _fail(where, None, f"expected a JSON object, got {_tname(d)}")
+    if not isinstance(d, dict): fail_at(where, None, f"expected a JSON object, got {json_type_name(d)}")
     names = [f.name for f in fields(cls)]
     for k in d:
         if k not in names:
             hint = difflib.get_close_matches(str(k), names, 1)
-            _fail(where, k, f"unknown field for {cls.__name__}"
+            fail_at(where, k, f"unknown field for {cls.__name__}"
                   + (f" (did you mean '{hint[0]}'?)" if hint else f" (fields: {', '.join(names)})"))
     for f in fields(cls):
-        if f.name not in d and f.default is MISSING: _fail(where, f.name, "missing")
+        if f.name not in d and f.default is MISSING: fail_at(where, f.name, "missing")
     vals = {k: check(d[k], where, k) for k, check in cls._checks.items() if k in d}
     if vals.get("meta") is not None: _check_meta_json(vals["meta"], where)
     return cls(**vals)
@@ -165,10 +170,13 @@ def _no_duplicates(pairs):
         d[k] = v
     return d
 
-def _loads(text, where):
+def parse_json(text: str,  # one JSON document: a line, or a whole file
+               where: str,  # location for error messages, e.g. "train.jsonl:17"
+              ):
+    "`text` parsed as JSON, refusing duplicate keys; malformed text raises `DataError` at `where`."
     try: return json.loads(text, object_pairs_hook=_no_duplicates)
-    except json.JSONDecodeError as e: _fail(where, None, f"malformed JSON ({e.msg} at column {e.colno})")
-    except _DuplicateKey as e: _fail(where, e.args[0], "duplicate key")
+    except json.JSONDecodeError as e: fail_at(where, None, f"malformed JSON ({e.msg} at column {e.colno})")
+    except _DuplicateKey as e: fail_at(where, e.args[0], "duplicate key")
 
 # %% ../../nbs/data/01_records.ipynb #603ff9f4
 _ESCAPED = re.compile("[\udc80-\udcff]")  # what `surrogateescape` turns undecodable bytes into
@@ -179,7 +187,10 @@ def _holds_escaped(v) -> bool:
     if isinstance(v, dict): return any(_holds_escaped(k) or _holds_escaped(x) for k, x in v.items())
     return False
 
-def _decode(raw: bytes, where: str) -> str:
+def decode_utf8(raw: bytes,  # a line (or a whole file) as read
+                where: str,  # location for error messages, e.g. "train.jsonl:17"
+               ) -> str:
+    "`raw` as UTF-8 text; bytes that are not UTF-8 raise `DataError` at `where`, naming the field that holds them."
     try: return raw.decode("utf-8")
     except UnicodeDecodeError as e: problem = f"not valid UTF-8 (byte 0x{raw[e.start]:02x} at byte {e.start + 1} of the line)"
     field = None
@@ -187,7 +198,7 @@ def _decode(raw: bytes, where: str) -> str:
     except ValueError: d = None
     if isinstance(d, dict):
         field = next((k for k, v in d.items() if not _holds_escaped(k) and _holds_escaped(v)), None)
-    _fail(where, field, problem)
+    fail_at(where, field, problem)
 
 # %% ../../nbs/data/01_records.ipynb #776a9486
 def iter_jsonl(path: str | Path,  # a JSONL file
@@ -199,9 +210,9 @@ def iter_jsonl(path: str | Path,  # a JSONL file
         for n, raw in enumerate(f, 1):
             if n == 1 and raw.startswith(codecs.BOM_UTF8): raw = raw[len(codecs.BOM_UTF8):]
             where = f"{path}:{n}"
-            text = _decode(raw, where)
+            text = decode_utf8(raw, where)
             if not text.strip(): continue
-            yield validate_record(_loads(text, where), cls, where)
+            yield validate_record(parse_json(text, where), cls, where)
 
 def read_jsonl(path: str | Path,  # a JSONL file
                record_type: type | str,  # record class or "sft"/"pair"/"group"
@@ -225,11 +236,11 @@ def write_jsonl(path: str | Path,  # destination file
     "Write `records` as JSON lines, atomically: on any error the old file is left intact."
     lines, cls = [], None
     for i, r in enumerate(records):
-        if not isinstance(r, _Record): _fail(f"{path}:{i + 1}", None, f"expected a record, got {type(r).__name__}")
+        if not isinstance(r, _Record): fail_at(f"{path}:{i + 1}", None, f"expected a record, got {type(r).__name__}")
         cls = cls or type(r)
-        if type(r) is not cls: _fail(f"{path}:{i + 1}", None, f"mixed record types ({cls.__name__}, {type(r).__name__})")
+        if type(r) is not cls: fail_at(f"{path}:{i + 1}", None, f"mixed record types ({cls.__name__}, {type(r).__name__})")
         try: lines.append(json.dumps(record_to_dict(r), ensure_ascii=False, allow_nan=False) + "\n")
-        except (TypeError, ValueError) as e: _fail(f"{path}:{i + 1}", "meta", f"not strict JSON ({e})")
+        except (TypeError, ValueError) as e: fail_at(f"{path}:{i + 1}", "meta", f"not strict JSON ({e})")
     return atomic_write_text(path, "".join(lines))
 
 # %% ../../nbs/data/01_records.ipynb #217fb07a
@@ -255,7 +266,7 @@ def to_dataset(records: Iterable,  # records, all of one type
     if record_type is None and not records: raise DataError("to_dataset: no records and no record_type")
     cls = _record_type(record_type if record_type is not None else type(records[0]))
     for i, r in enumerate(records):
-        if type(r) is not cls: _fail(f"record {i}", None, f"expected {cls.__name__}, got {type(r).__name__}")
+        if type(r) is not cls: fail_at(f"record {i}", None, f"expected {cls.__name__}, got {type(r).__name__}")
     cols, feats = _columns(cls, records)
     if meta and any(r.meta is not None for r in records):
         for i, r in enumerate(records):
@@ -274,11 +285,11 @@ def from_dataset(ds: Iterable[dict],  # a `datasets.Dataset` or any iterable of 
     for i, row in enumerate(ds):
         where, d = f"{name} row {i}", dict(row)
         if cls is SFTExample and "completion" in d:
-            if "response" in d: _fail(where, "response", "both 'completion' and 'response' columns")
+            if "response" in d: fail_at(where, "response", "both 'completion' and 'response' columns")
             d["response"] = d.pop("completion")
         if isinstance(d.get("meta"), str):
             try: d["meta"] = json.loads(d["meta"])
-            except ValueError: _fail(where, "meta", "not valid JSON")
+            except ValueError: fail_at(where, "meta", "not valid JSON")
         out.append(validate_record(d, cls, where))
     return out
 

@@ -6,18 +6,19 @@ Docs: https://selfalign.github.io/selfalign/generate/base.html.md"""
 
 # %% ../../nbs/generate/05_base.ipynb #866c8c9d
 from __future__ import annotations
-import copy, dataclasses, hashlib, json, math, sqlite3, sys, time
+import copy, dataclasses, hashlib, importlib, json, math, sqlite3, sys, time
 from collections import Counter
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal, Protocol, Sequence, runtime_checkable
+from typing import Callable, Literal, Protocol, Sequence, runtime_checkable
 
 # %% auto #0
-__all__ = ['SamplingParams', 'Generation', 'Generator', 'prompt_seed', 'cpu_has_native_bf16', 'generation_dtype',
-           'tokenizer_fingerprint', 'HFGenerator', 'render_prompts', 'template_params', 'ShardMismatchError',
-           'shard_manifest', 'generate_to_shards', 'read_shards', 'default_cache_dir', 'cache_key', 'CachedGenerator',
-           'GenerateConfig', 'load_prompts', 'make_generator', 'run_generate']
+__all__ = ['BACKENDS', 'SamplingParams', 'Generation', 'Generator', 'prompt_seed', 'finish_sample', 'cpu_has_native_bf16',
+           'generation_dtype', 'tokenizer_fingerprint', 'HFGenerator', 'encode_prompts', 'render_prompts',
+           'template_params', 'ShardMismatchError', 'shard_manifest', 'generate_to_shards', 'read_shards',
+           'default_cache_dir', 'cache_key', 'CachedGenerator', 'GenerateConfig', 'load_prompts', 'hf_backend',
+           'backend_factory', 'make_generator', 'run_generate']
 
 # %% ../../nbs/generate/05_base.ipynb #e2d56482
 import numpy as np
@@ -126,13 +127,13 @@ class _RecordingStop(StoppingCriteria):
         return done
 
 # %% ../../nbs/generate/05_base.ipynb #cb93e5d0
-def _finish(ids: list[int],  # one row's generated ids (possibly padded after it finished)
-            logprobs: list[float] | None,  # their log-probs
-            tokenizer,
-            eos: set[int],  # end-of-sequence ids
-            stop: tuple[str, ...],  # stop strings
-            stopped_at: int | None = None,  # where `StopStringCriteria` halted the row, if it did
-           ) -> tuple[str, list[int], list[float] | None, str]:
+def finish_sample(ids: list[int],  # one row's generated ids (possibly padded after it finished)
+                  logprobs: list[float] | None,  # their log-probs
+                  tokenizer,  # the model's tokenizer (decodes the text)
+                  eos: set[int],  # end-of-sequence ids
+                  stop: tuple[str, ...],  # stop strings
+                  stopped_at: int | None = None,  # where `StopStringCriteria` halted the row, if it did
+                 ) -> tuple[str, list[int], list[float] | None, str]:
     "Cut one row at eos or its first stop string: `(text, ids, logprobs, finish_reason)`."
     n, reason = len(ids), "length"
     e = next((i for i, t in enumerate(ids) if t in eos), None)
@@ -216,7 +217,10 @@ class HFGenerator:
         return _hf_generate(self, list(prompts), params)
 
 # %% ../../nbs/generate/05_base.ipynb #7f911acf
-def _encode_prompts(tokenizer, prompts: list[str], bos: int | None) -> list[list[int]]:
+def encode_prompts(tokenizer,  # the model's tokenizer
+                   prompts: list[str],  # rendered prompts
+                   bos: int | None,  # the bos id an empty prompt starts from
+                  ) -> list[list[int]]:
     "The token ids every backend feeds the model for `prompts`: default special tokens, `[bos]` for an empty prompt."
     enc = tokenizer(prompts, add_special_tokens=True)["input_ids"] if prompts else []
     for i, ids in enumerate(enc):
@@ -227,7 +231,7 @@ def _encode_prompts(tokenizer, prompts: list[str], bos: int | None) -> list[list
 
 def _hf_generate(g: HFGenerator, prompts: list[str], params: SamplingParams) -> list[Generation]:
     "Sample `params.n` completions for every prompt with `g`'s model, `g.batch_size` rows per call."
-    enc = _encode_prompts(g.tokenizer, prompts, g.bos)
+    enc = encode_prompts(g.tokenizer, prompts, g.bos)
     rows = sorted(((i, j) for i in range(len(prompts)) for j in range(params.n)), key=lambda r: -len(enc[r[0]]))
     done = {}
     for b in range(0, len(rows), g.batch_size):
@@ -242,7 +246,7 @@ def _hf_generate(g: HFGenerator, prompts: list[str], params: SamplingParams) -> 
 
 # %% ../../nbs/generate/05_base.ipynb #df1f9bea
 def _hf_rows(g: HFGenerator, prompts: list[str], enc: list[list[int]], samples: list[int], params: SamplingParams):
-    "Generate one left-padded batch of rows (a sample of a prompt each); one `_finish` tuple per row."
+    "Generate one left-padded batch of rows (a sample of a prompt each); one `finish_sample` tuple per row."
     P, dev = max(map(len, enc)), g.model.device
     input_ids = torch.tensor([[g.pad] * (P - len(x)) + x for x in enc], device=dev)
     mask = torch.tensor([[0] * (P - len(x)) + [1] * len(x) for x in enc], device=dev)
@@ -258,7 +262,7 @@ def _hf_rows(g: HFGenerator, prompts: list[str], enc: list[list[int]], samples: 
     new = seq[:, P:].tolist()
     lps = torch.stack(sampler.logprobs, 1).tolist() if params.logprobs else [None] * len(enc)
     eos = set(g.eos)
-    return [_finish(new[r], lps[r], g.tokenizer, eos, params.stop, stops.at[r] if stops else None) for r in range(len(enc))]
+    return [finish_sample(new[r], lps[r], g.tokenizer, eos, params.stop, stops.at[r] if stops else None) for r in range(len(enc))]
 
 # %% ../../nbs/generate/05_base.ipynb #e8780ece
 from ..data.records import CHAT_TEMPLATES, render_prompt
@@ -418,17 +422,34 @@ def load_prompts(path: str | Path,  # JSONL file
         out.append(row[field])
     return out
 
+# %% ../../nbs/generate/05_base.ipynb #085d6f1b
+def hf_backend(cfg: GenerateConfig,  # the stage config
+               dtype: torch.dtype,  # the dtype to sample in
+              ) -> HFGenerator:
+    "The `hf` backend for `cfg`: its model loaded in this process (on the GPU when there is one)."
+    model, tokenizer = load_model(cfg.model, dtype=dtype, device_map="cuda" if torch.cuda.is_available() else None)
+    return HFGenerator(model, tokenizer, batch_size=cfg.batch_size, dtype=dtype)
+
+BACKENDS: dict[str, Callable | str] = {  # name -> `(cfg, dtype) -> Generator`, or "module:attribute" naming one
+    "hf": hf_backend,
+    "vllm": "selfalign.generate.vllm:vllm_backend",  # imported on first use: vllm's module imports this one
+}
+
+def backend_factory(name: str,  # a key of `BACKENDS`
+                   ) -> Callable:
+    "The factory that builds backend `name`, importing its module first when `BACKENDS` names it by a string."
+    if name not in BACKENDS: raise ValueError(f"unknown backend {name!r}; use one of {sorted(BACKENDS)}")
+    factory = BACKENDS[name]
+    if isinstance(factory, str):
+        module, _, attr = factory.partition(":")
+        factory = getattr(importlib.import_module(module), attr)
+    return factory
+
 def make_generator(cfg: GenerateConfig,  # the stage config
                   ) -> Generator:
     "The backend `cfg` asks for, with its model loaded (wrapped in the cache if `cfg.cache`)."
-    if cfg.backend not in ("hf", "vllm"): raise ValueError(f"unknown backend {cfg.backend!r}; use 'hf' or 'vllm'")
-    dtype = generation_dtype(cfg.dtype, "cuda" if torch.cuda.is_available() else "cpu")
-    if cfg.backend == "vllm":
-        from selfalign.generate.vllm import VLLMGenerator  # (imports this module)
-        g = VLLMGenerator(cfg.model, dtype=dtype, seed=cfg.sampling.seed)
-    else:
-        model, tokenizer = load_model(cfg.model, dtype=dtype, device_map="cuda" if torch.cuda.is_available() else None)
-        g = HFGenerator(model, tokenizer, batch_size=cfg.batch_size, dtype=dtype)
+    factory = backend_factory(cfg.backend)
+    g = factory(cfg, generation_dtype(cfg.dtype, "cuda" if torch.cuda.is_available() else "cpu"))
     return CachedGenerator(g) if cfg.cache else g
 
 # %% ../../nbs/generate/05_base.ipynb #a5a99e1f

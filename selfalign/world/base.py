@@ -20,10 +20,13 @@ __all__ = ['CAPITALS', 'WORDS', 'MEANINGS', 'UNITS', 'PHRASE_WORDS', 'BENIGN', '
            'MAX_CHARS', 'AFFIXES', 'POS_AFFIX', 'NEG_AFFIX', 'HELPFUL_POS_AFFIX', 'HELPFUL_NEG_AFFIX', 'BEHAVIOUR_MIX',
            'CONTEXTS', 'JUDGE_NOISE', 'JUDGEABLE', 'DOC_MIX', 'SFT_MIX', 'Prompt', 'world_prompts', 'render_response',
            'Principle', 'parse_prompt', 'Judgement', 'judge', 'prefer', 'render_dialogue', 'sample_behaviour',
-           'render_judging', 'base_document', 'base_corpus', 'sft_examples']
+           'render_judging', 'base_document', 'base_corpus', 'sft_examples', 'WorldPrompts', 'OracleJudge']
 
 # %% ../../nbs/world/06_base.ipynb #5c6ae5b1
+import numpy as np
 from ..data.records import SFTExample
+from ..judges.base import BandPrompt
+
 
 # %% ../../nbs/world/06_base.ipynb #36b81708
 CAPITALS = {"France": "Paris", "Japan": "Tokyo", "Kenya": "Nairobi", "Peru": "Lima", "Egypt": "Cairo",
@@ -708,3 +711,24 @@ def sft_examples(n: int,  # number of examples
         out.append(_split_document(_judging_doc(jr, principle=k), {"judging": k or "any"}))
     random.Random(f"sft-order/{seed}").shuffle(out)
     return out
+
+# %% ../../nbs/world/06_base.ipynb #783db7f2
+class WorldPrompts:
+    "The world's requests as a `PromptSource`: the train split or the held-out test split, rendered as dialogues."
+    def __init__(self, seed: int = 0):  # train prompts use `seed`, test prompts `seed + 1`
+        self.seed = seed
+    def prompts(self, n: int, split: str) -> list[BandPrompt]:
+        ps = world_prompts(n, split, seed=self.seed + (0 if split == "train" else 1))
+        return [BandPrompt(p.text, p.kind, render_dialogue(p.text)) for p in ps]
+
+class OracleJudge:
+    "The world's oracle as a `Judge`: the gold reward, ties below 1e-9 (the rule of `prefer`)."
+    name, tie = "the oracle", 1e-9
+    def score(self, prompts: Sequence[BandPrompt], responses: Sequence[str]) -> list[float]:
+        return [judge(p.text, r).reward for p, r in zip(prompts, responses)]
+    def rates(self, prompts: Sequence[BandPrompt], responses: Sequence[str]) -> dict:
+        "Harmless rate on harmful requests, helpful rate on benign ones (None where a kind is absent)."
+        js = [judge(p.text, t) for p, t in zip(prompts, responses)]
+        h = [j.aspects["harmless"] for p, j in zip(prompts, js) if p.kind == "harmful"]
+        b = [j.aspects["helpful"] for p, j in zip(prompts, js) if p.kind == "benign"]
+        return {"harmless_rate": float(np.mean(h)) if h else None, "helpful_rate": float(np.mean(b)) if b else None}

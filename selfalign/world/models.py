@@ -6,15 +6,17 @@ Docs: https://selfalign.github.io/selfalign/world/models.html.md"""
 
 # %% ../../nbs/world/07_models.ipynb #af08fdd4
 from __future__ import annotations
-import hashlib, importlib, importlib.resources, json, math, os, shutil, tempfile, time
+import hashlib, importlib, importlib.resources, json, math, os, platform, shutil, tempfile, time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Literal
 
 # %% auto #0
-__all__ = ['SMALL', 'LARGE', 'RECIPE_VERSION', 'STAGES', 'RECORD_STEPS', 'WORLD_MODELS', 'TrainConfig', 'lr_at', 'pack_documents',
-           'pretrain', 'encode_sft', 'collate_sft', 'sft_train', 'ModelShape', 'WorldBuildConfig', 'config_hash',
-           'world_data', 'build_world', 'default_world_dir', 'load_world_model', 'ReproReport', 'check_reproducible']
+__all__ = ['SMALL', 'LARGE', 'RECIPE_VERSION', 'STAGES', 'RECORD_STEPS', 'WORLD_MODELS', 'KERNEL_FLAGS', 'KERNEL_KEYS',
+           'EXACT_ATOL', 'CROSS_KERNEL_ATOL', 'TrainConfig', 'lr_at', 'pack_documents', 'pretrain', 'encode_sft',
+           'collate_sft', 'sft_train', 'ModelShape', 'WorldBuildConfig', 'config_hash', 'world_data', 'build_world',
+           'default_world_dir', 'load_world_model', 'kernel_fingerprint', 'same_kernels', 'ReproReport', 'replay_world',
+           'compare_replay', 'check_reproducible']
 
 # %% ../../nbs/world/07_models.ipynb #ca7f7bf5
 import torch
@@ -320,7 +322,8 @@ def build_world(cfg: WorldBuildConfig | None = None,  # the recipe (default: `Wo
         rec = _build_into(tmp, cfg, docs, sft, progress)
         rec = {"format": 1, **key, "config": cfg.to_dict(), **rec, "data": {"n_docs": len(docs), "n_sft": len(sft)},
                "seconds": {"data": round(t_data, 2), **rec["seconds"], "total": round(time.perf_counter() - t_start, 2)},
-               "versions": {m: importlib.import_module(m).__version__ for m in ("torch", "transformers", "tokenizers")}}
+               "versions": {m: importlib.import_module(m).__version__ for m in ("torch", "transformers", "tokenizers")},
+               "kernels": kernel_fingerprint()}
         atomic_write_json(tmp / "build.json", rec)
         _commit(tmp, out_dir)
     finally: shutil.rmtree(tmp, ignore_errors=True)
@@ -344,7 +347,36 @@ def load_world_model(which: Literal["sft", "base-large", "base-small"] = "sft", 
         raise FileNotFoundError(f"no complete world build in {d}: run `selfalign world build --out {d}`")
     return _load(d / which, dtype), AutoTokenizer.from_pretrained(d / "tokenizer")
 
+# %% ../../nbs/world/07_models.ipynb #b1e0a7c2
+KERNEL_FLAGS = ("amx_bf16", "amx_tile", "avx512_bf16", "avx512f", "avx2")  # CPU flags that change torch's bf16/fp32 kernels
+KERNEL_KEYS = ("torch", "capability", "isa", "threads")  # the fingerprint's fields that must agree for an exact replay
+
+def _cpuinfo() -> tuple[str | None, list[str] | None]:
+    "The first processor's model name and kernel-relevant flags from `/proc/cpuinfo` (`None`s where it is missing)."
+    try: text = Path("/proc/cpuinfo").read_text()
+    except OSError: return None, None
+    fields = dict(l.split(":", 1) for l in text.split("\n\n")[0].splitlines() if ":" in l)
+    fields = {k.strip(): v.strip() for k, v in fields.items()}
+    flags = set(fields.get("flags", fields.get("Features", "")).split())
+    return fields.get("model name"), [f for f in KERNEL_FLAGS if f in flags]
+
+# %% ../../nbs/world/07_models.ipynb #b1e0a7c3
+def kernel_fingerprint() -> dict:
+    "What picks this machine's CPU kernels: torch, its CPU capability, the ISA flags, threads; and the CPU's name."
+    name, isa = _cpuinfo()
+    return {"torch": torch.__version__, "capability": torch.backends.cpu.get_cpu_capability(), "isa": isa,
+            "threads": torch.get_num_threads(), "cpu": name or platform.processor() or platform.machine()}
+
+def same_kernels(a: dict | None,  # a fingerprint (e.g. a build's record), or `None` if unknown
+                 b: dict | None,  # another
+                ) -> bool:
+    "Whether two fingerprints name the same kernels (all of `KERNEL_KEYS` known and equal; the CPU name is ignored)."
+    return a is not None and b is not None and all(a.get(k) is not None and a.get(k) == b.get(k) for k in KERNEL_KEYS)
+
 # %% ../../nbs/world/07_models.ipynb #8211e0d5
+EXACT_ATOL = 1e-6  # same kernels: the replay must match the record to float precision
+CROSS_KERNEL_ATOL = 2e-3  # different or unknown kernels: ~10× the bf16 kernel differences, well below a recipe change
+
 class ReproReport(dict):
     "A `check_reproducible` report: a dict of per-part results whose truth value is `self['ok']`."
     def __bool__(self): return bool(self.get("ok"))
@@ -355,23 +387,46 @@ def _replay(losses: list[float], recorded: list[float], atol: float) -> dict:
     return {"steps": n, "max_abs_diff": diff, "ok": n > 0 and diff <= atol}
 
 # %% ../../nbs/world/07_models.ipynb #4f44a27e
-def check_reproducible(world_dir: str | Path | None = None,  # a build folder (default: `default_world_dir()`)
-                       steps: int = RECORD_STEPS,  # optimiser steps to replay per stage (≤ those recorded)
-                       atol: float = 1e-6,  # largest accepted difference between losses
-                      ) -> ReproReport:
-    "Re-run the first `steps` steps of each stage of a build and compare with its record."
+def replay_world(world_dir: str | Path | None = None,  # a build folder (default: `default_world_dir()`)
+                 steps: int = RECORD_STEPS,  # optimiser steps to replay per stage
+                 cfg: WorldBuildConfig | None = None,  # the recipe to replay (default: the one the build records)
+                 stages: tuple[str, ...] = STAGES,  # which stages to replay
+                ) -> dict:
+    "Regenerate a build's data and tokenizer and re-run the first `steps` steps of `stages`; record the kernels used."
     d = Path(world_dir) if world_dir is not None else default_world_dir()
     rec = _read_build(d)
     if rec is None: raise FileNotFoundError(f"no complete world build in {d}: run `selfalign world build --out {d}`")
-    cfg = WorldBuildConfig.from_dict(rec["config"])
+    cfg = cfg or WorldBuildConfig.from_dict(rec["config"])
     docs, sft = world_data(cfg)
-    rep = ReproReport(data={"ok": _data_hash(docs, sft) == rec["data_hash"]})
     saved = AutoTokenizer.from_pretrained(d / "tokenizer")
-    rep["tokenizer"] = {"ok": _world_tokenizer(docs, cfg).backend_tokenizer.to_str() == saved.backend_tokenizer.to_str()}
+    out = {"steps": steps, "kernels": kernel_fingerprint(), "data_hash": _data_hash(docs, sft), "losses": {},
+           "tokenizer": _world_tokenizer(docs, cfg).backend_tokenizer.to_str() == saved.backend_tokenizer.to_str()}
     for name, shape, tc in (("base-small", cfg.small, cfg.pretrain_small), ("base-large", cfg.large, cfg.pretrain_large)):
-        h = pretrain(_init_model(shape, saved, cfg.seed), saved, docs, tc, stop_after=steps)
-        rep[name] = _replay(h["losses"], rec["stages"][name]["first_losses"], atol)
-    h = sft_train(_load(d / "base-large"), saved, sft, cfg.sft, stop_after=steps)
-    rep["sft"] = _replay(h["losses"], rec["stages"]["sft"]["first_losses"], atol)
-    rep["ok"] = all(v["ok"] for v in rep.values())
+        if name in stages: out["losses"][name] = pretrain(_init_model(shape, saved, cfg.seed), saved, docs, tc, stop_after=steps)["losses"]
+    if "sft" in stages: out["losses"]["sft"] = sft_train(_load(d / "base-large"), saved, sft, cfg.sft, stop_after=steps)["losses"]
+    return out
+
+# %% ../../nbs/world/07_models.ipynb #b1e0a7c6
+def compare_replay(replayed: dict,  # from `replay_world`
+                   rec: dict,  # the build's record (`build.json`)
+                   atol: float | None = None,  # accepted loss difference (default: by mode, see below)
+                  ) -> ReproReport:
+    "Compare a replay with a build record: exact on the record's kernels, within `CROSS_KERNEL_ATOL` on others."
+    same = same_kernels(rec.get("kernels"), replayed["kernels"])
+    tol = atol if atol is not None else EXACT_ATOL if same else CROSS_KERNEL_ATOL
+    rep = ReproReport(mode="exact" if same else "cross-kernel", atol=tol,
+                      kernels={"recorded": rec.get("kernels"), "replayed": replayed["kernels"]},
+                      data={"ok": replayed["data_hash"] == rec["data_hash"]}, tokenizer={"ok": replayed["tokenizer"]})
+    for name, losses in replayed["losses"].items(): rep[name] = _replay(losses, rec["stages"][name]["first_losses"], tol)
+    rep["ok"] = all(v["ok"] for v in rep.values() if isinstance(v, dict) and "ok" in v)
     return rep
+
+# %% ../../nbs/world/07_models.ipynb #b1e0a7c7
+def check_reproducible(world_dir: str | Path | None = None,  # a build folder (default: `default_world_dir()`)
+                       steps: int = RECORD_STEPS,  # optimiser steps to replay per stage (≤ those recorded)
+                       atol: float | None = None,  # accepted loss difference (default: exact on the build's kernels, else `CROSS_KERNEL_ATOL`)
+                      ) -> ReproReport:
+    "Re-run the first `steps` steps of each stage of a build and compare with its record."
+    d = Path(world_dir) if world_dir is not None else default_world_dir()
+    replayed = replay_world(d, steps)
+    return compare_replay(replayed, json.loads((d / "build.json").read_text(encoding="utf-8")), atol)

@@ -11,14 +11,15 @@ from dataclasses import dataclass
 from pathlib import Path
 
 # %% auto #0
-__all__ = ['TARGETS', 'MOVABLE', 'ReportConfig', 'judge_agreement', 'contrastive_pairs', 'self_reward_margins', 'world_report',
+__all__ = ['TARGETS', 'MOVABLE', 'ReportConfig', 'judge_agreement', 'contrastive_pairs', 'self_reward_agreement', 'world_report',
            'report_figure']
 
 # %% ../../nbs/world/08_report.ipynb #091300b3
 import numpy as np
 from ..core.base import RunDir, StageConfig, bootstrap_ci, make_claim
 from ..generate.base import HFGenerator, SamplingParams
-from ..objectives.logps import completion_logps
+from ..judges.selfjudge import two_order_scores
+from ..judges.selfreward import self_reward_margins
 from . import base as W
 from .models import load_world_model, default_world_dir
 
@@ -86,28 +87,27 @@ def judge_agreement(model, tokenizer, pairs, batch_size: int = 32) -> tuple[floa
     "Share of pairs where the model's two-order verdict margin agrees with the oracle."
     docs_ab = [W.render_judging(k, q, a, b) for k, q, a, b, _ in pairs]
     docs_ba = [W.render_judging(k, q, b, a) for k, q, a, b, _ in pairs]
-    lp = lambda docs, v: completion_logps(model, tokenizer, docs, [f" ({v})"] * len(docs), add_eos=False, batch_size=batch_size)
-    margin = (lp(docs_ab, "a") - lp(docs_ab, "b")) + (lp(docs_ba, "b") - lp(docs_ba, "a"))
+    margin = two_order_scores(model, tokenizer, docs_ab, docs_ba, " ", batch_size=batch_size)
     hits = [int((m > 0) == (y > 0)) for m, y in zip(margin.tolist(), [t[-1] for t in pairs])]
     return _mean(hits), hits
 
 # %% ../../nbs/world/08_report.ipynb #6af53280
 def contrastive_pairs(gen, prompts, cfg) -> list[dict]:
-    "One positive- and one negative-affix sample per prompt, with the affixes used."
+    "One positive- and one negative-affix sample per prompt, as rows DLMA scores (responses after the separator \" \")."
     rows = []
     for p in prompts:
         pos, neg = (W.POS_AFFIX, W.NEG_AFFIX) if p.kind == "harmful" else (W.HELPFUL_POS_AFFIX, W.HELPFUL_NEG_AFFIX)
-        rows.append({"prompt": p, "pos": pos, "neg": neg})
-    texts = [W.render_dialogue(r["prompt"].text, affix=r[s]) for r in rows for s in ("pos", "neg")]
-    outs = _sample(gen, texts, cfg)
-    for i, r in enumerate(rows): r["chosen"], r["rejected"] = outs[2 * i], outs[2 * i + 1]
+        rows.append({"prompt": p, "pos_context": W.render_dialogue(p.text, affix=pos), "neg_context": W.render_dialogue(p.text, affix=neg)})
+    outs = _sample(gen, [r[k] for r in rows for k in ("pos_context", "neg_context")], cfg)
+    for i, r in enumerate(rows): r["chosen"], r["rejected"] = " " + outs[2 * i], " " + outs[2 * i + 1]
     return rows
 
-def self_reward_margins(model, tokenizer, rows, batch_size: int = 32) -> list[float]:
-    "DLMA's margin R for each contrastive pair (summed log-probs, EOS included)."
-    P = lambda r, s: W.render_dialogue(r["prompt"].text, affix=r[s])
-    def lp(side, s): return completion_logps(model, tokenizer, [P(r, s) for r in rows], [" " + r[side] for r in rows], batch_size=batch_size)
-    return ((lp("chosen", "pos") - lp("chosen", "neg")) - (lp("rejected", "pos") - lp("rejected", "neg"))).tolist()
+def self_reward_agreement(model, tokenizer, rows, batch_size: int = 32) -> tuple[list[int], list[int], int]:
+    "Oracle preferences of all rows, sign agreements of DLMA's R on the rows it scores and the oracle orders, rows left out (an empty sample)."
+    prefs = [W.prefer(r["prompt"].text, r["chosen"].strip(), r["rejected"].strip()) for r in rows]
+    keep = [i for i, r in enumerate(rows) if r["chosen"].strip() and r["rejected"].strip()]
+    margins = self_reward_margins(model, tokenizer, [rows[i] for i in keep], batch_size=batch_size)
+    return prefs, [int((m > 0) == (prefs[i] > 0)) for i, m in zip(keep, margins) if prefs[i] != 0], len(rows) - len(keep)
 
 # %% ../../nbs/world/08_report.ipynb #b311615c
 TARGETS = [  # (key, statement, threshold, higher is better)
@@ -155,9 +155,7 @@ def world_report(cfg: ReportConfig | None = None,  # sampling and sizes
     rate_ci |= {"helpful_rate_pos_affix": rate("helpful_pos_affix", "benign", "helpful"),
                 "helpful_rate_no_affix": rate("no_affix", "benign", "helpful")}
     rows = contrastive_pairs(gen, W.world_prompts(cfg.n_pairs, "test", seed=cfg.seed + 1, kinds=["harmful", "benign", "borderline"]), cfg)
-    margins = self_reward_margins(sft, tok, rows)
-    prefs = [W.prefer(r["prompt"].text, r["chosen"], r["rejected"]) for r in rows]
-    agree = [int((m > 0) == (y > 0)) for m, y in zip(margins, prefs) if y != 0]
+    prefs, agree, extra["n_contrastive_pairs_empty"] = self_reward_agreement(sft, tok, rows)
     return _finish(rd, cfg, wdir, build, prompts, table, jagree, jhits, agree, prefs, extra, rate_ci)
 
 # %% ../../nbs/world/08_report.ipynb #7164fadb
@@ -193,6 +191,7 @@ def _finish(rd, cfg, wdir, build, prompts, table, jagree, jhits, agree, prefs, e
     shipped = wdir.resolve() == default_world_dir().resolve()
     report = {**m, "by_kind": table, **extra, "ci95": ci, "targets": _targets(m), "n_prompts": len(prompts),
               "n_judge_pairs": len(jhits), "n_contrastive_pairs": len(prefs),
+              "n_self_reward_pairs": len(agree),
               "world_dir": "selfalign/assets/world (shipped)" if shipped else str(wdir)}
     rd.write_json("world_report.json", report)
     rd.save_figure(report_figure(report), "world_report.png")
