@@ -40,7 +40,7 @@ from selfalign.data.records import MultiNegativeGroup
 from selfalign.generate.base import HFGenerator, SamplingParams
 from selfalign.models.loader import LoraSpec, load_smollm2
 from selfalign.trainers.multineg import run_multi_negative
-from selfalign.bands.dpo import response_sep
+from selfalign.bands.base import response_sep
 from selfalign.bands.self_contrast import sc_render
 from selfalign.trainers.stages import PreferenceStageConfig
 from selfalign.world import base as W

@@ -22,7 +22,7 @@ import torch
 from transformers.utils import logging as hf_logging
 
 from selfalign.core.base import atomic_write_json, env_info
-from selfalign.world.models import WorldBuildConfig, _init_model, _world_tokenizer, pretrain, sft_train, world_data
+from selfalign.world.models import WorldBuildConfig, init_world_model, world_tokenizer, pretrain, sft_train, world_data
 
 
 def synthetic_data(n_docs: int):
@@ -48,10 +48,10 @@ def load_data(cfg: WorldBuildConfig):
 def run(stage, shape, tc, tok, docs, sft, steps, seed):
     train = (lambda m, s: pretrain(m, tok, docs, tc, stop_after=s)) if stage != "sft" else \
             (lambda m, s: sft_train(m, tok, sft, tc, stop_after=s))
-    train(_init_model(shape, tok, seed), 2)  # warm-up: kernels, allocator
-    h = train(_init_model(shape, tok, seed), steps)
-    again = train(_init_model(shape, tok, seed), 3)
-    params = sum(p.numel() for p in _init_model(shape, tok, seed).parameters())
+    train(init_world_model(shape, tok, seed), 2)  # warm-up: kernels, allocator
+    h = train(init_world_model(shape, tok, seed), steps)
+    again = train(init_world_model(shape, tok, seed), 3)
+    params = sum(p.numel() for p in init_world_model(shape, tok, seed).parameters())
     tok_s = h["tokens"] / h["seconds"]
     return {"stage": stage, "params": params, "dtype": tc.dtype, "batch_size": tc.batch_size, "seq_len": tc.seq_len,
             "steps": steps, "tokens": h["tokens"], "wall_s": round(h["seconds"], 2), "tok_per_s": round(tok_s, 1),
@@ -68,7 +68,7 @@ def main(argv=None):
     hf_logging.disable_progress_bar()
     cfg = WorldBuildConfig()
     (docs, sft), source = load_data(cfg.replace(n_docs=a.n_docs, n_sft=min(cfg.n_sft, a.n_docs)))
-    tok = _world_tokenizer(docs, cfg)
+    tok = world_tokenizer(docs, cfg)
     load0 = os.getloadavg()[0]
     rows = []
     for stage, shape, tc in (("base-small", cfg.small, cfg.pretrain_small), ("base-large", cfg.large, cfg.pretrain_large),

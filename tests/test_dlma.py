@@ -11,6 +11,7 @@ import pytest
 import torch
 
 import selfalign.bands.dlma as D
+import selfalign.judges.selfreward as selfreward
 from conftest import BIN, ROOT
 from selfalign.cli import plan
 from selfalign.core.base import validate_metrics
@@ -41,7 +42,7 @@ def test_non_finite_margin_is_caught_with_the_row(monkeypatch):
         if i == 0: v[2] = float("inf")
         if i == 1: v[2] = float("inf")  # inf − inf = nan in row 2
         return v
-    monkeypatch.setattr(D, "completion_logps", fake)
+    monkeypatch.setattr(selfreward, "completion_logps", fake)
     with pytest.raises(DataError, match=r"rows \[2\]: the self-reward margin is not finite"):
         D.self_reward_margins(model, tok, _rows())
 

@@ -14,9 +14,8 @@ from typing import Sequence
 
 # %% auto #0
 __all__ = ['CONTRASTS', 'METHODS', 'Contrast', 'load_contrasts', 'contrast_for', 'render_affixed', 'DLMABandConfig',
-           'dlma_prompts', 'contrastive_generate', 'self_reward_margins', 'rlaif_labels', 'gold_labels',
-           'label_accuracy', 'dlma_rows', 'train_dlma_row', 'evaluate_methods', 'dlma_claims', 'DLMABand',
-           'dlma_tables', 'plot_dlma']
+           'dlma_prompts', 'contrastive_generate', 'rlaif_labels', 'gold_labels', 'label_accuracy', 'dlma_rows',
+           'train_dlma_row', 'evaluate_methods', 'dlma_claims', 'DLMABand', 'dlma_tables', 'plot_dlma']
 
 # %% ../../nbs/bands/20_dlma.ipynb #e0d70fc9
 import numpy as np
@@ -25,7 +24,8 @@ from ..data.records import CHAT_TEMPLATES, DataError, PreferencePair, SFTExample
 from ..eval.policy import estimate, evaluate_policies
 from ..generate.base import HFGenerator, SamplingParams, generate_to_shards, read_shards
 from ..judges.base import BandPrompt, prefer_scores
-from ..objectives.logps import completion_logps
+from ..judges.selfjudge import two_order_scores
+from ..judges.selfreward import self_reward_margins
 from ..trainers.stages import PreferenceStageConfig, SFTStageConfig, StageResult, run_preference, run_sft
 from ..world import base as W
 from .base import (BandConfig, Row, load_checkpoint, load_policy, make_judge, prompt_source, response_sep,
@@ -138,20 +138,6 @@ def contrastive_generate(cfg: DLMABandConfig, model, tokenizer, prompts: Sequenc
         kept.append({**r, "chosen": sep + c, "rejected": sep + j})
     return kept, {"prompts": len(rows), "pairs": len(kept), "empty_dropped": empty}
 
-# %% ../../nbs/bands/20_dlma.ipynb #183a6be2
-def self_reward_margins(model, tokenizer, rows: Sequence[dict], batch_size: int = 32) -> np.ndarray:
-    "DLMA's R for each row (keys pos_context, neg_context, chosen, rejected)."
-    for i, r in enumerate(rows):
-        for side in ("chosen", "rejected"):
-            if not isinstance(r.get(side), str) or not r[side].strip(): raise DataError(f"row {i}: empty {side} response")
-    def lp(ctx, side):
-        return completion_logps(model, tokenizer, [r[ctx] for r in rows], [r[side] for r in rows],
-                                batch_size=batch_size, add_bos=False).double().numpy()
-    m = (lp("pos_context", "chosen") - lp("neg_context", "chosen")) - (lp("pos_context", "rejected") - lp("neg_context", "rejected"))
-    bad = np.flatnonzero(~np.isfinite(m))
-    if bad.size: raise DataError(f"rows {bad[:5].tolist()}: the self-reward margin is not finite ({m[bad[0]]})")
-    return m
-
 # %% ../../nbs/bands/20_dlma.ipynb #4128b4fe
 _JUDGE_QUESTION = {"harmless": "Which response is safer, more harmless and more lawful?",
                    "helpful": "Which response is more helpful and more accurate?"}
@@ -165,12 +151,10 @@ def _judge_doc(template: str, tokenizer, principle: str, q: str, a: str, b: str)
     return render_affixed(template, body, None) + " VERDICT:", " "
 
 def rlaif_labels(model, tokenizer, rows: Sequence[dict], template: str = "world", batch_size: int = 32) -> np.ndarray:
-    "+1 where the model, judging both orders, prefers the positive-prompt response; −1 otherwise."
+    "+1 where the model, judging both orders (the two-order self-judge), prefers the positive-prompt response; −1 otherwise."
     docs = [_judge_doc(template, tokenizer, r["contrast"], r["text"], r["chosen"].strip(), r["rejected"].strip()) for r in rows]
     swap = [_judge_doc(template, tokenizer, r["contrast"], r["text"], r["rejected"].strip(), r["chosen"].strip()) for r in rows]
-    lp = lambda ds, v: completion_logps(model, tokenizer, [d for d, _ in ds], [s + f"({v})" for _, s in ds], add_eos=False,
-                                        batch_size=batch_size, add_bos=False).numpy()
-    score = (lp(docs, "a") - lp(docs, "b")) + (lp(swap, "b") - lp(swap, "a"))
+    score = two_order_scores(model, tokenizer, [d for d, _ in docs], [d for d, _ in swap], [s for _, s in docs], batch_size)
     return np.where(score > 0, 1, -1)
 
 def gold_labels(judge, rows: Sequence[dict]) -> np.ndarray:

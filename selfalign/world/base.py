@@ -20,7 +20,8 @@ __all__ = ['CAPITALS', 'WORDS', 'MEANINGS', 'UNITS', 'PHRASE_WORDS', 'BENIGN', '
            'MAX_CHARS', 'AFFIXES', 'POS_AFFIX', 'NEG_AFFIX', 'HELPFUL_POS_AFFIX', 'HELPFUL_NEG_AFFIX', 'BEHAVIOUR_MIX',
            'CONTEXTS', 'JUDGE_NOISE', 'JUDGEABLE', 'DOC_MIX', 'SFT_MIX', 'Prompt', 'world_prompts', 'render_response',
            'Principle', 'parse_prompt', 'Judgement', 'judge', 'prefer', 'render_dialogue', 'sample_behaviour',
-           'render_judging', 'base_document', 'base_corpus', 'sft_examples', 'WorldPrompts', 'OracleJudge']
+           'render_judging', 'demo_pairs', 'base_document', 'base_corpus', 'sft_examples', 'WorldPrompts',
+           'OracleJudge']
 
 # %% ../../nbs/world/06_base.ipynb #5c6ae5b1
 import numpy as np
@@ -644,7 +645,11 @@ def _judging_doc(rng: random.Random, split: str = "train", principle: str | None
 DOC_MIX = {"plain": 0.20, "affix": 0.40, "system": 0.08, "demos": 0.12, "judging": 0.20}
 _DEMO_BEHAVIOURS = {"good": ("correct", "refuse_explain"), "bad": ("wrong", "comply")}
 
-def _demo_pairs(quality: str, k: int, rng: random.Random) -> list[tuple[str, str]]:
+def demo_pairs(quality: str,  # "good" (correct answers, explained refusals) or "bad" (wrong, evasive, rude, complying)
+               k: int,  # how many demonstrations
+               rng: random.Random,  # drives the draw
+              ) -> list[tuple[str, str]]:
+    "`k` in-context (request, answer) demonstrations of the given quality."
     out = []
     for p in world_prompts(k, "train", seed=rng.randrange(2**31)):
         b = _DEMO_BEHAVIOURS[quality][p.kind == "harmful"]
@@ -664,7 +669,7 @@ def base_document(rng: random.Random) -> str:
     elif kind == "system":
         ctx = rng.choice(["good", "bad"]); ps = rng.sample(sorted(PRINCIPLES), rng.randint(1, 3))
         system = " ".join(PRINCIPLES[q].text if ctx == "good" else PRINCIPLES[q].negated for q in ps)
-    else: ctx = rng.choice(["good", "bad"]); demos = _demo_pairs(ctx, rng.randint(2, 3), rng)
+    else: ctx = rng.choice(["good", "bad"]); demos = demo_pairs(ctx, rng.randint(2, 3), rng)
     resp = render_response(p, sample_behaviour(ctx, p.kind, rng), rng)
     return render_dialogue(p.text, resp, affix=affix, system=system, demos=demos)
 

@@ -14,9 +14,9 @@ from typing import Callable, Literal
 # %% auto #0
 __all__ = ['SMALL', 'LARGE', 'RECIPE_VERSION', 'STAGES', 'RECORD_STEPS', 'WORLD_MODELS', 'KERNEL_FLAGS', 'KERNEL_KEYS',
            'EXACT_ATOL', 'CROSS_KERNEL_ATOL', 'TrainConfig', 'lr_at', 'pack_documents', 'pretrain', 'encode_sft',
-           'collate_sft', 'sft_train', 'ModelShape', 'WorldBuildConfig', 'config_hash', 'world_data', 'build_world',
-           'default_world_dir', 'load_world_model', 'kernel_fingerprint', 'same_kernels', 'ReproReport', 'replay_world',
-           'compare_replay', 'check_reproducible']
+           'collate_sft', 'sft_train', 'ModelShape', 'WorldBuildConfig', 'config_hash', 'world_data',
+           'init_world_model', 'world_tokenizer', 'build_world', 'default_world_dir', 'load_world_model',
+           'kernel_fingerprint', 'same_kernels', 'ReproReport', 'replay_world', 'compare_replay', 'check_reproducible']
 
 # %% ../../nbs/world/07_models.ipynb #ca7f7bf5
 import torch
@@ -227,13 +227,13 @@ def world_data(cfg: WorldBuildConfig) -> tuple[list[str], list[SFTExample]]:
     mod = importlib.import_module(cfg.corpus)
     return list(mod.base_corpus(cfg.n_docs, seed=cfg.seed)), list(mod.sft_examples(cfg.n_sft, seed=cfg.seed))
 
-def _init_model(shape: ModelShape, tokenizer, seed: int):
+def init_world_model(shape: ModelShape, tokenizer, seed: int):
     "A freshly initialised Llama of `shape` over `tokenizer`'s vocabulary."
     return tiny_causal_lm(tokenizer=tokenizer, hidden_size=shape.hidden_size, num_layers=shape.num_layers,
                           num_heads=shape.num_heads, intermediate_size=shape.intermediate_size,
                           max_position_embeddings=shape.max_position_embeddings, seed=seed)[0]
 
-def _world_tokenizer(docs: list[str], cfg: WorldBuildConfig):
+def world_tokenizer(docs: list[str], cfg: WorldBuildConfig):
     "The world's BPE tokenizer: trained on the pretraining documents, one token per digit."
     return train_tokenizer(docs, vocab_size=cfg.vocab_size, individual_digits=True,
                            model_max_length=max(cfg.small.max_position_embeddings, cfg.large.max_position_embeddings))
@@ -291,11 +291,11 @@ def _run_stage(name, fn, progress):
 # %% ../../nbs/world/07_models.ipynb #95cac06b
 def _build_into(tmp: Path, cfg: WorldBuildConfig, docs, sft, progress) -> dict:
     "Run every stage, saving into `tmp`; return the stage records and timings."
-    tok, t_tok = _run_stage("tokenizer", lambda _: _world_tokenizer(docs, cfg), progress)
+    tok, t_tok = _run_stage("tokenizer", lambda _: world_tokenizer(docs, cfg), progress)
     tok.save_pretrained(tmp / "tokenizer")
     stages, secs = {}, {"tokenizer": round(t_tok, 2)}
     for name, shape, tc in (("base-small", cfg.small, cfg.pretrain_small), ("base-large", cfg.large, cfg.pretrain_large)):
-        model = _init_model(shape, tok, cfg.seed)
+        model = init_world_model(shape, tok, cfg.seed)
         hist, s = _run_stage(name, lambda p: pretrain(model, tok, docs, tc, progress=p), progress)
         stages[name] = _stage_record(_save_bf16(model, tmp / name), hist, s); secs[name] = round(s, 2)
     model = _load(tmp / "base-large")
@@ -400,9 +400,9 @@ def replay_world(world_dir: str | Path | None = None,  # a build folder (default
     docs, sft = world_data(cfg)
     saved = AutoTokenizer.from_pretrained(d / "tokenizer")
     out = {"steps": steps, "kernels": kernel_fingerprint(), "data_hash": _data_hash(docs, sft), "losses": {},
-           "tokenizer": _world_tokenizer(docs, cfg).backend_tokenizer.to_str() == saved.backend_tokenizer.to_str()}
+           "tokenizer": world_tokenizer(docs, cfg).backend_tokenizer.to_str() == saved.backend_tokenizer.to_str()}
     for name, shape, tc in (("base-small", cfg.small, cfg.pretrain_small), ("base-large", cfg.large, cfg.pretrain_large)):
-        if name in stages: out["losses"][name] = pretrain(_init_model(shape, saved, cfg.seed), saved, docs, tc, stop_after=steps)["losses"]
+        if name in stages: out["losses"][name] = pretrain(init_world_model(shape, saved, cfg.seed), saved, docs, tc, stop_after=steps)["losses"]
     if "sft" in stages: out["losses"]["sft"] = sft_train(_load(d / "base-large"), saved, sft, cfg.sft, stop_after=steps)["losses"]
     return out
 

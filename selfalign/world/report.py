@@ -161,7 +161,7 @@ def world_report(cfg: ReportConfig | None = None,  # sampling and sizes
 # %% ../../nbs/world/08_report.ipynb #7164fadb
 def _base_rewards(cfg, wdir, prompts) -> dict:
     system = " ".join(W.PRINCIPLES[k].text for k in ("harmless", "helpful", "honest"))
-    demos = W._demo_pairs("good", 3, random.Random(cfg.seed)), W._demo_pairs("bad", 3, random.Random(cfg.seed))
+    demos = W.demo_pairs("good", 3, random.Random(cfg.seed)), W.demo_pairs("bad", 3, random.Random(cfg.seed))
     out = {}
     for which in ("base-large", "base-small"):
         m, t = load_world_model(which, wdir); g = HFGenerator(m, t, batch_size=cfg.batch_size, dtype="fp32")
