@@ -30,7 +30,7 @@ ROOT = DOCS.parent
 NBS = ROOT / "nbs"
 PAPERS = ROOT / "papers"
 
-# The package's layers, lowest first (design.md), with what each folder holds; the docs list notebooks and modules in
+# The package's layers, lowest first (CONTRIBUTING.md's layer table), with what each folder holds; the docs list notebooks and modules in
 # this order, one heading per folder. A folder not listed here comes after them, alphabetically; the top level
 # (`cli`, `report`; a notebook directly in nbs/) comes last.
 LAYERS = {

@@ -1,4 +1,4 @@
-"""The package's import graph obeys design.md's layer table, read from the source with `ast` (nothing is imported).
+"""The package's import graph obeys CONTRIBUTING.md's layer table, read from the source with `ast` (nothing is imported).
 
 Rules: (a) a module imports only from strictly lower layers or from its own subpackage; (b) no import cycles;
 (c) no `_private` name of another selfalign module is imported (`from m import _x`) or used (`m._x`); (d) a band never
@@ -14,7 +14,7 @@ from pathlib import Path
 
 from conftest import ROOT
 
-# design.md, "Layers": a module imports only from a lower number, or from its own subpackage.
+# CONTRIBUTING.md, "Layers": a module imports only from a lower number, or from its own subpackage.
 LAYERS = {"core": 0, "data": 1, "models": 2, "generate": 3, "objectives": 3, "trainers": 4, "judges": 4,
           "eval": 5, "world": 6, "bands": 7, "cli": 8, "report": 8}
 EXEMPT = {"", "_modidx"}  # the top-level package `__init__` and nbdev's `_modidx`, relative to the package

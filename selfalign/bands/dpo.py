@@ -40,7 +40,7 @@ class DPOBandConfig(BandConfig):
     sft_lr: float = 3e-4  # SFT learning rate
     rm_steps: int = 60  # reward-model steps
     rm_lr: float = 1e-3  # reward-model learning rate
-    beta: float = 0.3  # β of the seed's scripts: the one the claims are about (one of `betas`)
+    beta: float = 0.3  # β of the original's scripts: the one the claims are about (one of `betas`)
     betas: tuple[float, ...] = (0.03, 0.1, 0.3, 1.0)  # β values trained (frontier points)
     bon_ns: tuple[int, ...] = (1, 2, 4, 8, 16)  # best-of-N sizes
 
