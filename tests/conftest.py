@@ -17,11 +17,11 @@ import pytest  # noqa: E402
 
 # The tiny reproductions the tests read, each run once per session into one shared folder (the paper tests check its
 # run folder, the docs test builds the site from all of them). `make reproduce` runs every band in full; the tests
-# shrink the two slowest so that the suite stays well inside the CI budget.
+# shrink every band so that the suite stays well inside the CI budget.
 TINY_OVERRIDES = {
-    "dpo": {},
-    "dlma": {"n_prompts": 400, "n_eval": 100, "steps": 20, "cd_steps": 20},
-    "self_contrast": {"n_prompts": 96, "n_eval": 120, "steps": 12},
+    "dpo": {"n_prompts": 600, "n_eval": 120, "steps": 24, "betas": "[0.1, 0.3, 1.0]", "bon_ns": "[1, 2, 4, 8]"},
+    "dlma": {"n_prompts": 300, "n_eval": 80, "steps": 16, "cd_steps": 16},
+    "self_contrast": {"n_prompts": 64, "n_samples": 20, "n_eval": 100, "steps": 10, "filters": '["all", "lastdedup-75"]'},
 }
 
 

@@ -115,7 +115,7 @@ def test_bad_band_configs_fail_clearly():
 
 
 def test_reproduce_dpo_tiny_writes_the_run_folder(tiny_run):
-    run = tiny_run("dpo") / "dpo" / "frontier"
+    run = tiny_run("dpo") / "dpo" / "frontier"  # shrunk (conftest.TINY_OVERRIDES); make reproduce runs it in full
     m = validate_metrics(json.loads((run / "metrics.json").read_text()))
     assert [c["id"] for c in m["claims"]] == CLAIMS
     assert all(c["value"] is not None for c in m["claims"])
