@@ -21,7 +21,7 @@ import pytest  # noqa: E402
 TINY_OVERRIDES = {
     "dpo": {"n_prompts": 600, "n_eval": 120, "steps": 24, "betas": "[0.1, 0.3, 1.0]", "bon_ns": "[1, 2, 4, 8]"},
     "dlma": {"n_prompts": 300, "n_eval": 80, "steps": 16, "cd_steps": 16},
-    "self_contrast": {"n_prompts": 64, "n_samples": 20, "n_eval": 100, "steps": 10, "filters": '["all", "lastdedup-75"]'},
+    "self_contrast": {"n_prompts": 64, "n_eval": 100, "steps": 10, "filters": '["all", "lastdedup-75"]'},
 }
 
 
