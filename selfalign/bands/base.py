@@ -8,7 +8,7 @@ Docs: https://selfalign.github.io/selfalign/bands/base.html.md"""
 
 # %% ../../nbs/bands/00_base.ipynb #d24dc836
 from __future__ import annotations
-import time
+import json, time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, ClassVar, Protocol, Sequence
@@ -181,11 +181,12 @@ def run_band(band: Band, cfg: BandConfig, out: str | Path, progress: Callable = 
     return results
 
 def load_checkpoint(cfg: BandConfig, folder: str | Path):
-    "A trained row's policy from its folder: full weights, or the band's policy with the saved LoRA adapter."
+    "A trained row's policy from its folder: full weights, or the base it was trained from with the saved LoRA adapter."
     folder = Path(folder)
     if (folder / "adapter_config.json").exists():
         from peft import PeftModel
-        base, _ = load_policy(cfg.policy, cfg.dtype, quantization=cfg.quantization)
+        spec = json.loads((folder / "adapter_config.json").read_text()).get("base_model_name_or_path") or cfg.policy
+        base, _ = load_policy(spec, cfg.dtype, quantization=cfg.quantization)  # e.g. DPO rows: the SFT row's checkpoint
         return PeftModel.from_pretrained(base, folder)
     return load_policy(str(folder), cfg.dtype)[0]
 
