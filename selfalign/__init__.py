@@ -8,6 +8,7 @@ Modules:
 - `selfalign.judges.base`: The `Judge` protocol every band evaluates and labels with: a scalar per (prompt, response), a tie threshold, a name the tables and claims print, and per-aspect rates. The world's oracle, the refusal proxy and trained reward models all implement it, so a band receives its judge as an object and never branches on which one it has.
 - `selfalign.judges.proxy`: Named proxies for where there is no oracle (`small` scale): a refusal detector, a degeneration check, and a graded refusal-and-topicality score, as a `Judge`. They measure refusal and topicality, not correctness, and say so.
 - `selfalign.report`: The report of a `selfalign reproduce` run: `REPORT.md` and `report.html` in the output folder.
+- `selfalign.trainers.launch`: Every training stage as a process: one JSON job per stage, run in this process or under `accelerate launch` on DDP, DeepSpeed ZeRO-2/3 or FSDP2, with each rank's log kept in the stage folder and a killed run resumed from its last checkpoint.
 - `selfalign.trainers.multineg`: Self-Contrast's training: one SFT target against many self-generated negatives. Two trainers optimise the same objective — the paper's pair expansion with a prompt-grouped sampler, and a multi-negative batch that computes the chosen sequence once."""
 
 __version__ = "0.1.0"

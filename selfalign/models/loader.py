@@ -201,12 +201,12 @@ class LoraSpec(StageConfig):
     modules_to_save: tuple[str, ...] = ()  # modules trained in full and saved with the adapter
     use_rslora: bool = False  # rank-stabilised scaling alpha / sqrt(r)
 
-    def to_peft(self):
-        "The equivalent `peft.LoraConfig` for a causal LM."
+    def to_peft(self, task_type: str = "CAUSAL_LM"):
+        "The equivalent `peft.LoraConfig` (for a causal LM, or `task_type=\"SEQ_CLS\"` for a reward model)."
         from peft import LoraConfig
         return LoraConfig(r=self.r, lora_alpha=self.alpha, lora_dropout=self.dropout, bias=self.bias,
                           target_modules=list(self.target_modules), use_rslora=self.use_rslora,
-                          modules_to_save=list(self.modules_to_save) or None, task_type="CAUSAL_LM")
+                          modules_to_save=list(self.modules_to_save) or None, task_type=task_type)
 
 # %% ../../nbs/models/04_loader.ipynb #8a969682
 def apply_lora(model,  # a causal LM (possibly k-bit quantised)
@@ -243,6 +243,7 @@ def load_model(name_or_path: str | Path,  # hub id or local folder (safetensors 
                quantization: Literal[None, "4bit", "8bit"] = None,  # bitsandbytes quantisation
                trust_remote_code: bool = False,  # allow a repository's own modelling code to run
                gradient_checkpointing: bool = False,  # with `lora` and `quantization`: recompute activations
+               tokenizer: str | Path | None = None,  # the tokenizer's folder or hub id (default: `name_or_path`)
                **kwargs,  # passed on to `AutoModelForCausalLM.from_pretrained`
               ):
     "Load `(model, tokenizer)` from safetensors, optionally 4/8-bit quantised and/or wrapped in LoRA."
@@ -251,7 +252,7 @@ def load_model(name_or_path: str | Path,  # hub id or local folder (safetensors 
     if qcfg is not None: kwargs["quantization_config"] = qcfg
     model = AutoModelForCausalLM.from_pretrained(name_or_path, dtype=torch_dtype, use_safetensors=True,
                                                  trust_remote_code=trust_remote_code, **kwargs)
-    tokenizer = AutoTokenizer.from_pretrained(name_or_path, trust_remote_code=trust_remote_code)
+    tokenizer = AutoTokenizer.from_pretrained(tokenizer or name_or_path, trust_remote_code=trust_remote_code)
     model, tokenizer = ensure_pad_token(model, tokenizer)
     if lora is not None:
         if quantization is not None:

@@ -8,7 +8,7 @@ Docs: https://selfalign.github.io/selfalign/trainers/multineg.html.md"""
 
 # %% ../../nbs/trainers/41_multineg.ipynb #5b21b2a1
 from __future__ import annotations
-import contextlib, hashlib, random, tempfile, time
+import contextlib, hashlib, random, sys, tempfile, time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
@@ -28,7 +28,7 @@ from transformers.data.data_collator import DataCollatorMixin
 from ..core.base import seed_everything
 from ..data.records import DataError, MultiNegativeGroup, expand_groups
 from .stages import (PreferenceStageConfig, PreferenceTrainer, StageResult, as_model, fit_to_length,
-                                      pair_columns, quiet_when_piped, to_records, train_and_save, trl_args)
+                                      pair_columns, quiet_when_piped, stage_dataset, to_records, train_and_save, trl_args)
 
 # %% ../../nbs/trainers/41_multineg.ipynb #6fa8b3eb
 class PromptGroupedSampler(Sampler):
@@ -195,9 +195,9 @@ def _make_trainer(cfg: PreferenceStageConfig, mode: str, policy, ref, tokenizer,
     kw = dict(model=policy, ref_model=ref, args=args, processing_class=tokenizer, loss_kwargs=dict(beta=cfg.beta))
     if mode == "pairs":
         cols = pair_columns(expand_groups(groups), None, "negative groups")
-        return GroupedPreferenceTrainer(train_dataset=Dataset.from_dict(cols), loss="dpo", extra_columns=(), **kw)
+        return GroupedPreferenceTrainer(train_dataset=stage_dataset(cols, cfg.output_dir), loss="dpo", extra_columns=(), **kw)
     cols = {"prompt": [g.prompt for g in groups], "chosen": [g.chosen for g in groups], "rejected": [list(g.rejected) for g in groups]}
-    return MultiNegativeTrainer(train_dataset=Dataset.from_dict(cols), **kw)
+    return MultiNegativeTrainer(train_dataset=stage_dataset(cols, cfg.output_dir), **kw)
 
 # %% ../../nbs/trainers/41_multineg.ipynb #cc440ef9
 def _trainer_for(mode: str, model, ref_model, tokenizer, groups, beta: float = 0.1, max_length: int = 256):
@@ -205,3 +205,8 @@ def _trainer_for(mode: str, model, ref_model, tokenizer, groups, beta: float = 0
     cfg = PreferenceStageConfig(output_dir=tempfile.mkdtemp(), max_steps=1, beta=beta, batch_size=1, max_length=max_length,
                                 precompute_ref=False, save_steps=0)
     return _make_trainer(cfg, mode, model, ref_model, tokenizer, groups)
+
+# %% ../../nbs/trainers/41_multineg.ipynb #0afc9290
+if __name__ == "__main__" and "ipykernel" not in sys.modules:  # `python -m selfalign.trainers.multineg --config job.json --out DIR`
+    from selfalign.trainers.launch import stage_process_main
+    stage_process_main("multineg")

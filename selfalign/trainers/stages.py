@@ -6,22 +6,24 @@ Docs: https://selfalign.github.io/selfalign/trainers/stages.html.md"""
 
 # %% ../../nbs/trainers/10_stages.ipynb #78003356
 from __future__ import annotations
-import inspect, math, os, sys, time
+import dataclasses, hashlib, inspect, json, math, os, shutil, signal, sys, time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Sequence
 
 # %% auto #0
-__all__ = ['phase_split', 'TrainStageConfig', 'trl_args', 'SFTStageConfig', 'RewardStageConfig', 'PreferenceStageConfig',
-           'to_records', 'pair_columns', 'takes_margin', 'fit_to_length', 'StageResult', 'quiet_when_piped',
-           'train_and_save', 'as_model', 'run_sft', 'reward_model_from', 'run_reward', 'reward_scores',
-           'reward_accuracy', 'PreferenceCollator', 'PreferenceTrainer', 'run_preference']
+__all__ = ['phase_split', 'TrainStageConfig', 'report_to', 'trl_args', 'SFTStageConfig', 'RewardStageConfig',
+           'PreferenceStageConfig', 'to_records', 'pair_columns', 'takes_margin', 'fit_to_length', 'StageResult',
+           'stage_dataset', 'row_hash', 'RowTrace', 'rank_record', 'KillAt', 'quiet_when_piped', 'train_and_save',
+           'as_model', 'run_sft', 'reward_model_from', 'run_reward', 'reward_scores', 'reward_accuracy',
+           'PreferenceCollator', 'PreferenceTrainer', 'run_preference']
 
 # %% ../../nbs/trainers/10_stages.ipynb #8c9a5db7
 import torch
-from datasets import Dataset
+from accelerate import PartialState
+from datasets import Dataset, load_from_disk
 import datasets
-from transformers import AutoModelForSequenceClassification, PrinterCallback
+from transformers import AutoModelForSequenceClassification, PrinterCallback, TrainerCallback
 from transformers.utils import logging as hf_logging
 from trl import DPOConfig, DPOTrainer, RewardConfig, RewardTrainer, SFTConfig, SFTTrainer
 from trl.trainer.dpo_trainer import DataCollatorForPreference
@@ -29,7 +31,7 @@ from trl.trainer.utils import add_fused_lm_head
 from ..core.base import StageConfig, atomic_write_json, seed_everything
 from ..data.records import DataError, PreferencePair, SFTExample, read_jsonl
 from ..objectives.losses import get_loss
-from ..models.loader import load_model
+from ..models.loader import LoraSpec, load_model
 
 # %% ../../nbs/trainers/10_stages.ipynb #2d789436
 def phase_split(records: Sequence,  # the rows to divide (pairs, prompts, ...)
@@ -69,10 +71,18 @@ class TrainStageConfig(StageConfig):
     save_steps: int = 0  # checkpoint every this many steps (0: only the final model)
     bf16: bool = False  # bf16 mixed precision (GPU)
     gradient_checkpointing: bool = False  # trade compute for memory (GPU, long sequences)
+    report_to: str = "none"  # trackers, comma-separated: "tensorboard" (`output_dir/runs`), "wandb" (offline unless WANDB_MODE says otherwise)
+    trace_rows: bool = False  # each rank writes a hash of every row it trains on to `logs/rows-rank<R>.jsonl` (diagnostics)
 
 _STAGE_KEYS = ("output_dir", "learning_rate", "num_train_epochs", "max_steps", "gradient_accumulation_steps",
                "lr_scheduler_type", "warmup_steps", "weight_decay", "optim", "adam_beta2", "max_grad_norm", "seed",
                "logging_steps", "bf16", "gradient_checkpointing")
+
+def report_to(trackers: str) -> list[str]:
+    "The `report_to` list for comma-separated `trackers` (\"none\": none); W&B is offline unless `WANDB_MODE` is set."
+    names = [t.strip() for t in trackers.split(",") if t.strip() and t.strip() != "none"]
+    if "wandb" in names: os.environ.setdefault("WANDB_MODE", "offline")
+    return names or ["none"]
 
 def trl_args(cfg: TrainStageConfig,  # the stage config
              cls: type,  # a TRL config class (`SFTConfig`, `RewardConfig`, `DPOConfig`)
@@ -81,7 +91,7 @@ def trl_args(cfg: TrainStageConfig,  # the stage config
     "TRL config of class `cls` for `cfg`, quiet when stderr is not a terminal, CPU-safe."
     kw = {k: getattr(cfg, k) for k in _STAGE_KEYS}
     kw.update(per_device_train_batch_size=cfg.batch_size, per_device_eval_batch_size=cfg.batch_size,
-              data_seed=cfg.seed, max_length=cfg.max_length, report_to="none", dataloader_num_workers=0,
+              data_seed=cfg.seed, max_length=cfg.max_length, report_to=report_to(cfg.report_to), dataloader_num_workers=0,
               save_strategy="steps" if cfg.save_steps > 0 else "no", save_steps=max(cfg.save_steps, 1),
               disable_tqdm=not sys.stderr.isatty(), use_cpu=not torch.cuda.is_available(), logging_first_step=True)
     kw.update(extra)
@@ -194,6 +204,47 @@ class StageResult:
         "The logged training losses, in step order."
         return [r["loss"] for r in self.log_history if "loss" in r]
 
+def stage_dataset(columns: dict,  # column name -> values
+                  output_dir: str | Path,  # the stage folder
+                  name: str = "train",  # the dataset's folder under `output_dir/data/`
+                 ) -> Dataset:
+    """The stage's rows as an Arrow dataset on disk under the stage folder, written by the main process before any other
+    rank reads it. TRL's preprocessing and reference precompute then cache their `map`s beside it, where every rank can
+    open them (an in-memory dataset caches in one process's temporary folder, which the other ranks cannot see)."""
+    path, state = Path(output_dir) / "data" / name, PartialState()
+    with state.main_process_first():
+        if state.is_main_process:
+            if path.exists(): shutil.rmtree(path)
+            Dataset.from_dict(columns).save_to_disk(str(path))
+    return load_from_disk(str(path))
+
+def row_hash(example: dict) -> str:
+    "A short hash of one collated row's token lists (which row a rank trained on, without its text)."
+    return hashlib.sha1(json.dumps({k: v for k, v in sorted(example.items()) if isinstance(v, list)}).encode()).hexdigest()[:16]
+
+class RowTrace:
+    "A data collator that first appends the hash of every row it collates to a JSONL file (one file per rank)."
+    def __init__(self, collate, path: Path): self.collate, self.path = collate, Path(path)
+    def __call__(self, examples):
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        with self.path.open("a") as f: f.writelines(json.dumps(row_hash(e)) + "\n" for e in examples)
+        return self.collate(examples)
+
+def rank_record(trainer) -> dict:
+    "How this rank ran: distributed type, the model's wrapper, its device, and a digest of its local parameters."
+    acc = trainer.accelerator
+    h = hashlib.sha1()
+    for _, p in sorted(acc.unwrap_model(trainer.model).named_parameters()): h.update(p.detach().float().cpu().numpy().tobytes())
+    return {"rank": acc.process_index, "world_size": acc.num_processes, "distributed_type": acc.distributed_type.value,
+            "wrapper": type(trainer.model_wrapped).__name__, "device": str(acc.device), "params_sha1": h.hexdigest()}
+
+class KillAt(TrainerCallback):
+    """Fault injection for the resume tests: a real SIGKILL of this process when rank R begins optimiser step S, set by
+    the environment variable `SELFALIGN_KILL_AT="R:S"` (never set in normal runs)."""
+    def __init__(self, spec: str): self.rank, self.step = map(int, spec.split(":"))
+    def on_step_begin(self, args, state, control, **kwargs):
+        if args.process_index == self.rank and state.global_step + 1 == self.step: os.kill(os.getpid(), signal.SIGKILL)
+
 def quiet_when_piped():
     "No progress bars or per-step log prints when stderr is not a terminal (a piped bar can double a tiny run's time)."
     if sys.stderr.isatty(): return
@@ -209,11 +260,15 @@ def train_and_save(trainer,  # a configured TRL trainer
     "Train, save `final/`, `config.json` and `log_history.json` in `cfg.output_dir`, and return the `StageResult`."
     if not sys.stderr.isatty(): trainer.remove_callback(PrinterCallback)
     out = Path(cfg.output_dir); out.mkdir(parents=True, exist_ok=True)
-    cfg.to_json(out / "config.json")
+    main = trainer.is_world_process_zero()
+    if main: cfg.to_json(out / "config.json")
+    if os.environ.get("SELFALIGN_KILL_AT"): trainer.add_callback(KillAt(os.environ["SELFALIGN_KILL_AT"]))
+    if cfg.trace_rows: trainer.data_collator = RowTrace(trainer.data_collator, out / "logs" / f"rows-rank{trainer.args.process_index}.jsonl")
     trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
-    trainer.save_model(str(out / "final"))
+    trainer.save_model(str(out / "final"))  # every rank calls it: ZeRO-3 gathers the partitioned weights
     hist = trainer.state.log_history
-    atomic_write_json(out / "log_history.json", {"counts": counts, "log_history": hist})
+    atomic_write_json(out / "logs" / f"rank{trainer.args.process_index}.json", rank_record(trainer))
+    if main: atomic_write_json(out / "log_history.json", {"counts": counts, "log_history": hist})
     return StageResult(out, trainer.model, hist, counts, time.perf_counter() - t0)
 
 def as_model(model,  # a model, or a folder to load one from
@@ -233,7 +288,7 @@ def run_sft(cfg: SFTStageConfig,  # the stage config
     t0 = time.perf_counter(); seed_everything(cfg.seed); quiet_when_piped()
     rows, counts = fit_to_length(to_records(examples, SFTExample, "examples"), tokenizer, cfg.max_length,
                                  lambda r: (r.prompt, (r.response,)), "SFT examples")
-    ds = Dataset.from_dict({"prompt": [r.prompt for r in rows], "completion": [r.response for r in rows]})
+    ds = stage_dataset({"prompt": [r.prompt for r in rows], "completion": [r.response for r in rows]}, cfg.output_dir)
     args = trl_args(cfg, SFTConfig, completion_only_loss=True, packing=cfg.packing, dataset_num_proc=None)
     trainer = SFTTrainer(model=as_model(model), args=args, train_dataset=ds, processing_class=tokenizer)
     return train_and_save(trainer, cfg, counts, resume_from, t0)
@@ -241,6 +296,7 @@ def run_sft(cfg: SFTStageConfig,  # the stage config
 # %% ../../nbs/trainers/10_stages.ipynb #b1e362c9
 def reward_model_from(model,  # a causal LM or a folder holding one (safetensors)
                       pad_token_id: int | None = None,  # the tokenizer's pad id (the head reads the last non-pad token)
+                      lora: LoraSpec | None = None,  # train a LoRA adapter on the backbone (the head trained in full)
                      ):
     "A scalar-head sequence classifier sharing `model`'s backbone weights; the head starts at zero."
     lm = as_model(model)
@@ -253,7 +309,9 @@ def reward_model_from(model,  # a causal LM or a folder holding one (safetensors
     bad = [k for k in missing if not k.startswith("score")]
     if bad or unexpected: raise ValueError(f"backbone mismatch: missing {bad[:3]}, unexpected {unexpected[:3]}")
     torch.nn.init.zeros_(rm.score.weight)
-    return rm
+    if lora is None: return rm
+    from peft import get_peft_model
+    return get_peft_model(rm, dataclasses.replace(lora, modules_to_save=("score",)).to_peft("SEQ_CLS"))
 
 # %% ../../nbs/trainers/10_stages.ipynb #a15635f3
 def run_reward(cfg: RewardStageConfig,  # the stage config
@@ -275,7 +333,7 @@ def run_reward(cfg: RewardStageConfig,  # the stage config
     if getattr(m.config, "num_labels", None) != 1 or not hasattr(m, "score"): m = reward_model_from(m, tokenizer.pad_token_id)
     args = trl_args(cfg, RewardConfig, center_rewards_coefficient=cfg.center_rewards_coefficient or None,
                     dataset_num_proc=None)
-    trainer = RewardTrainer(model=m, args=args, train_dataset=Dataset.from_dict(cols), processing_class=tokenizer)
+    trainer = RewardTrainer(model=m, args=args, train_dataset=stage_dataset(cols, cfg.output_dir), processing_class=tokenizer)
     return train_and_save(trainer, cfg, counts, resume_from, t0)
 
 # %% ../../nbs/trainers/10_stages.ipynb #44f7a694
@@ -406,7 +464,7 @@ def run_preference(cfg: PreferenceStageConfig,  # the stage config
     ref = as_model(ref_model) if ref_model is not None and not cfg.precompute_ref else None
     args = trl_args(cfg, DPOConfig, beta=cfg.beta, precompute_ref_log_probs=cfg.precompute_ref,
                     dataset_num_proc=None, truncation_mode="keep_start")
-    trainer = PreferenceTrainer(model=policy, ref_model=ref, args=args, train_dataset=Dataset.from_dict(cols),
+    trainer = PreferenceTrainer(model=policy, ref_model=ref, args=args, train_dataset=stage_dataset(cols, cfg.output_dir),
                                 processing_class=tokenizer, loss=cfg.loss, loss_kwargs=cfg.loss_kwargs(),
                                 extra_columns=[c for c in extra_columns if c in cols])
     return train_and_save(trainer, cfg, counts, resume_from, t0)
