@@ -18,9 +18,10 @@ help:  ## list targets
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 
-$(VENV)/.stamp-base: $(BIN)/python requirements/torch.txt requirements/base.txt pyproject.toml setup.py
+$(VENV)/.stamp-base: $(BIN)/python requirements/torch.txt requirements/base.txt requirements/deepspeed.txt pyproject.toml setup.py
 	$(PIP) install -r requirements/torch.txt
 	$(PIP) install -c requirements/torch.txt -r requirements/base.txt
+	$(PIP) install -c requirements/torch.txt -c requirements/base.txt --no-build-isolation -r requirements/deepspeed.txt
 	$(PIP) install --no-deps --no-build-isolation -e .
 	$(BIN)/python -m ipykernel install --sys-prefix --name selfalign --display-name "Python (selfalign)" >/dev/null
 	touch $@

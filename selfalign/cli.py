@@ -230,6 +230,23 @@ def world_report_cmd(args) -> int:
     return 0
 
 
+LAUNCH_HELP = """\
+launcher parameters (every band; set with -p NAME VALUE or in a -f file):
+  launcher           inprocess (default) | accelerate: each training stage a process, or several under accelerate launch
+  num_processes      ranks per training stage, one per GPU (default 1); the global batch stays batch_size
+  engine             ddp (default) | zero2 | zero3 (DeepSpeed) | fsdp2 (GPUs only)
+  mixed_precision    no (default) | bf16 | fp16
+  accelerate_config  your own accelerate YAML (default: selfalign/configs/accelerate/<engine>.yaml)
+  deepspeed_config   your own DeepSpeed JSON (default: selfalign/configs/deepspeed/<engine>.json)
+  report_to          none (default) | tensorboard | wandb: training metrics of every stage, rank 0 only
+
+examples:
+  selfalign reproduce dpo --scale tiny -p launcher accelerate -p num_processes 2
+  selfalign reproduce dpo --scale paper -f papers/dpo/overlays/qlora.yaml                      # one GPU, QLoRA
+  selfalign reproduce dpo --scale paper -p launcher accelerate -p num_processes 8 -p engine zero3   # 8 GPUs
+"""
+
+
 def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="selfalign", description="Reproduce LLM self-alignment papers: DPO, DLMA, "
                                  "ALMoST, Self-Contrast and SALMON, at the tiny, small or paper scale.")
@@ -237,7 +254,8 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--version", action="version", version=f"selfalign {__version__}")
     sub = ap.add_subparsers(dest="command", required=True)
     r = sub.add_parser("reproduce", help="run a paper's reproduction notebooks with papermill",
-                       description="Run papers/<paper>/ notebooks into OUT/<paper>/<config>/.")
+                       description="Run papers/<paper>/ notebooks into OUT/<paper>/<config>/.",
+                       formatter_class=argparse.RawDescriptionHelpFormatter, epilog=LAUNCH_HELP)
     r.add_argument("paper", help="a paper folder name, or 'all'")
     r.add_argument("--scale", choices=SCALES, default="tiny", help="tiny (CPU minutes), small (SmolLM2), paper")
     r.add_argument("--out", default="runs", help="output folder (default: runs)")

@@ -14,16 +14,19 @@ from pathlib import Path
 from typing import Any, Callable, ClassVar, Protocol, Sequence
 
 # %% auto #0
-__all__ = ['TrainSpec', 'BandConfig', 'load_policy', 'OfflinePrompts', 'HHRLHFPrompts', 'prompt_source', 'make_judge', 'Row',
-           'TrainedRow', 'Band', 'run_band', 'load_checkpoint', 'round_rows', 'response_sep']
+__all__ = ['TrainSpec', 'BandConfig', 'load_policy', 'policy_files', 'train_stage', 'OfflinePrompts', 'HHRLHFPrompts',
+           'prompt_source', 'make_judge', 'Row', 'TrainedRow', 'Band', 'run_band', 'load_checkpoint', 'round_rows',
+           'response_sep']
 
 # %% ../../nbs/bands/00_base.ipynb #447e23f6
 from ..core.base import RunDir, StageConfig, atomic_write_json, seed_everything
 from ..judges.base import BandPrompt, JudgeUnavailable
 from ..judges.proxy import ProxyJudge
-from ..models.loader import LoraSpec, load_model, load_smollm2
+from ..models.loader import LoraSpec, load_model, load_smollm2, smollm2_dir
+from ..trainers.launch import LaunchConfig, StageJob, launch, run_job
+from ..trainers.stages import StageResult
 from ..world.base import OracleJudge, WorldPrompts
-from ..world.models import load_world_model
+from ..world.models import default_world_dir, load_world_model
 
 # %% ../../nbs/bands/00_base.ipynb #7c29527e
 @dataclass(frozen=True)
@@ -63,14 +66,28 @@ class BandConfig(TrainSpec):
     dtype: str = "fp32"  # model dtype ("bf16" on GPUs)
     gen_batch_size: int = 96  # rows per generation call
     seed: int = 0  # the one seed
-    OPTIONAL: ClassVar[tuple[str, ...]] = ("pairs_files", "quantization")  # "" in a parameter means None
+    launcher: str = "inprocess"  # training stages in this process, or "accelerate": each stage a process (or several)
+    num_processes: int = 1  # ranks per stage (launcher "accelerate"; one per GPU); the global batch stays `batch_size`
+    engine: str = "ddp"  # "ddp", "zero2", "zero3" or "fsdp2" (GPUs only)
+    mixed_precision: str = "no"  # accelerate's mixed precision: "no", "bf16" or "fp16"
+    accelerate_config: str | None = None  # your own accelerate YAML (default: the engine's, in selfalign/configs/)
+    deepspeed_config: str | None = None  # your own DeepSpeed JSON for zero2/zero3
+    report_to: str = "none"  # trackers for every stage's metrics: "tensorboard", "wandb" (offline), comma-separated
+    OPTIONAL: ClassVar[tuple[str, ...]] = ("pairs_files", "quantization", "accelerate_config", "deepspeed_config")  # "" in a parameter means None
 
     def __post_init__(self):
         if self.judge == "oracle" and self.prompts != "world": raise ValueError("the oracle judges world prompts only")
+        self.launch_config().per_device(self.batch_size)  # fails early, naming the fields, when they do not fit
 
     def train_spec(self, **changes) -> TrainSpec:
         "The main row's optimisation settings, with `changes` for a row that trains differently."
         return TrainSpec(**{k: getattr(self, k) for k in TrainSpec.__dataclass_fields__}).replace(**changes)
+
+    def launch_config(self) -> LaunchConfig:
+        "How this band's training stages run."
+        return LaunchConfig(launcher=self.launcher, num_processes=self.num_processes, engine=self.engine,
+                            mixed_precision=self.mixed_precision, accelerate_config=self.accelerate_config,
+                            deepspeed_config=self.deepspeed_config)
 
     def lora(self) -> LoraSpec | None:
         "The policy's LoRA adapter (α = 2r, no dropout), or None for full fine-tuning."
@@ -90,6 +107,35 @@ def load_policy(spec: str,  # "world:<sft|base-large|base-small>", "smollm2", or
     if spec.startswith("world:"): return load_world_model(spec.split(":", 1)[1])
     if spec == "smollm2": return load_smollm2(dtype=dtype, **kwargs)
     return load_model(spec, dtype=dtype, **kwargs)
+
+def policy_files(spec: str) -> tuple[str, str]:
+    "(model, tokenizer) folders or hub ids of a policy `spec`, for a stage process to load."
+    if spec.startswith("world:"):
+        d = default_world_dir(); return str(d / spec.split(":", 1)[1]), str(d / "tokenizer")
+    if spec == "smollm2": d = str(smollm2_dir()); return d, d
+    return spec, spec
+
+def train_stage(cfg: BandConfig,  # the band's config (dtype, LoRA, quantization, launcher)
+                stage: str,  # "sft", "reward", "preference" or "multineg"
+                stage_cfg,  # the stage's config (`output_dir` is replaced by `out`)
+                data: list,  # its records
+                out: Path,  # the stage folder
+                tokenizer,  # the policy's tokenizer
+                start: str,  # the policy spec or folder the stage starts from
+                model=None,  # the starting model already in memory (in-process only; default: loaded from `start`)
+                lora: bool = True,  # apply the band's LoRA (`cfg.lora_r` > 0)
+                merge_lora: bool = False,  # save `final/` with the adapter merged
+                **options,  # the stage function's own keywords
+               ) -> StageResult:
+    """Train one stage of a row in this process, or as `cfg.num_processes` ranks under `accelerate launch` (the
+    records then go to `out/data.jsonl`, the job to `out/job.json`: `python -m selfalign.trainers.<stage>` re-runs it)."""
+    lc, spec = cfg.launch_config(), cfg.lora() if lora else None
+    stage_cfg = stage_cfg.replace(output_dir=str(out), report_to=cfg.report_to, batch_size=lc.per_device(stage_cfg.batch_size))
+    m, t = policy_files(start)
+    job = StageJob(stage, stage_cfg.to_dict(), model=m, tokenizer=t, dtype=cfg.dtype, lora=spec.to_dict() if spec else None,
+                   quantization=cfg.quantization if stage != "reward" else None, options=options, merge_lora=merge_lora)
+    if lc.launcher == "inprocess": return run_job(job, out, model=model, tokenizer=tokenizer, data=data)
+    return launch(job, out, lc, records=data)
 
 class OfflinePrompts:
     "The vendored harmful (Do-Not-Answer, HarmBench) and benign (MT-Bench) prompts, rendered with the tokenizer's chat template."

