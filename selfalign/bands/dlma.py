@@ -95,7 +95,7 @@ class DLMABandConfig(BandConfig):
     lr_scheduler: str = "constant_with_warmup"  # the paper's schedule for the preference rows
     cd_steps: int = 40  # context-distillation (SFT) steps
     cd_lr: float = 1e-4  # context-distillation learning rate (linear schedule)
-    OPTIONAL = ("pairs_files", "quantization", "contrasts_file")
+    OPTIONAL = (*BandConfig.OPTIONAL, "contrasts_file")
 
     def __post_init__(self):
         if self.prompts not in ("world", "offline", "pku-saferlhf"): raise ValueError(f"unknown prompts {self.prompts!r}")
