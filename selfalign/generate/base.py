@@ -14,11 +14,11 @@ from pathlib import Path
 from typing import Callable, Literal, Protocol, Sequence, runtime_checkable
 
 # %% auto #0
-__all__ = ['BACKENDS', 'SamplingParams', 'Generation', 'Generator', 'prompt_seed', 'finish_sample', 'cpu_has_native_bf16',
-           'generation_dtype', 'tokenizer_fingerprint', 'HFGenerator', 'encode_prompts', 'render_prompts',
-           'template_params', 'ShardMismatchError', 'shard_manifest', 'generate_to_shards', 'read_shards',
-           'default_cache_dir', 'cache_key', 'CachedGenerator', 'GenerateConfig', 'load_prompts', 'hf_backend',
-           'backend_factory', 'make_generator', 'run_generate']
+__all__ = ['SMALL_COPY_PARAMS', 'BACKENDS', 'SamplingParams', 'Generation', 'Generator', 'prompt_seed', 'finish_sample',
+           'cpu_has_native_bf16', 'sampling_dtype', 'generation_dtype', 'tokenizer_fingerprint', 'HFGenerator',
+           'encode_prompts', 'render_prompts', 'template_params', 'ShardMismatchError', 'shard_manifest',
+           'generate_to_shards', 'read_shards', 'default_cache_dir', 'cache_key', 'CachedGenerator', 'GenerateConfig',
+           'load_prompts', 'hf_backend', 'backend_factory', 'make_generator', 'run_generate']
 
 # %% ../../nbs/generate/05_base.ipynb #e2d56482
 import numpy as np
@@ -159,6 +159,19 @@ def cpu_has_native_bf16() -> bool:
     flags = next((l.split(":", 1)[1].split() for l in text.splitlines() if l.startswith("flags")), [])
     return bool({"avx512_bf16", "amx_bf16"} & set(flags))
 
+SMALL_COPY_PARAMS = 500_000_000  # "auto" casts a copy of an fp32 model only below this size (≤ 1 GB in bf16)
+
+def sampling_dtype(model,  # the model `HFGenerator` samples
+                   dtype: str | torch.dtype = "auto",  # "auto", or a dtype to cast a copy to
+                  ) -> torch.dtype:
+    """The dtype a model is sampled in. `"auto"`: the model's own — no copy of its weights — except a small fp32 model
+    on a CPU that computes bf16 natively, which is sampled from a bf16 copy (`generation_dtype`). Load a large model in
+    the dtype to sample it in (the loader owns dtype): a different explicit `dtype` costs a full copy."""
+    if dtype != "auto": return resolve_dtype(dtype)
+    small = sum(p.numel() for p in model.parameters()) < SMALL_COPY_PARAMS
+    if model.dtype == torch.float32 and model.device.type == "cpu" and small: return generation_dtype("auto", "cpu")
+    return model.dtype
+
 def generation_dtype(dtype: str | torch.dtype = "auto",  # "auto", "fp32", "bf16", "fp16" (or long names), or a `torch.dtype`
                      device: str | torch.device = "cpu",  # where the model runs
                     ) -> torch.dtype:
@@ -194,12 +207,12 @@ def _generation_setup(model, config: GenerationConfig):
 class HFGenerator:
     "Batched, seeded sampling with `transformers`' `generate`: left padding, n samples per prompt, stop strings, log-probs."
     name = "hf"
-    def __init__(self, model,  # a causal LM (left untouched: a copy is cast when `dtype` differs)
+    def __init__(self, model,  # a causal LM, sampled where it is and in its own dtype (see `sampling_dtype`)
                  tokenizer,  # its tokenizer (a missing pad token is replaced by eos)
                  batch_size: int = 16,  # sequences (prompt × sample rows) per `generate` call
-                 dtype: str | torch.dtype = "auto",  # see `generation_dtype`
+                 dtype: str | torch.dtype = "auto",  # see `sampling_dtype`
                 ):
-        self.dtype = generation_dtype(dtype, model.device)
+        self.dtype = sampling_dtype(model, dtype)
         self.model = model if model.dtype == self.dtype else copy.deepcopy(model).to(self.dtype)
         self.tokenizer, self.batch_size = tokenizer, batch_size
         eos = model.generation_config.eos_token_id

@@ -14,7 +14,7 @@ from typing import Literal
 # %% auto #0
 __all__ = ['SPECIAL_TOKENS', 'CHATML_TEMPLATE', 'VOLATILE_CONFIG_KEYS', 'SMOLLM2_NAME', 'resolve_dtype', 'train_tokenizer',
            'builtin_corpus', 'tiny_causal_lm', 'model_fingerprint', 'LoraSpec', 'apply_lora', 'ensure_pad_token',
-           'load_model', 'adds_bos', 'cache_root', 'smollm2_gguf', 'load_smollm2', 'smollm2_dir']
+           'resolve_device', 'load_model', 'adds_bos', 'cache_root', 'smollm2_gguf', 'load_smollm2', 'smollm2_dir']
 
 # %% ../../nbs/models/04_loader.ipynb #bdaa066b
 import torch
@@ -237,6 +237,16 @@ def ensure_pad_token(model, tokenizer):
     return model, tokenizer
 
 # %% ../../nbs/models/04_loader.ipynb #079565f5
+def resolve_device(device: str = "auto",  # "auto", "cpu", "cuda" or "cuda:N"
+                  ) -> str:
+    "Where a model goes: `\"auto\"` is this rank's GPU (`LOCAL_RANK`) when CUDA is available, else the CPU."
+    if device == "auto":
+        return f"cuda:{int(os.environ.get('LOCAL_RANK', '0'))}" if torch.cuda.is_available() else "cpu"
+    if device != "cpu" and not (device == "cuda" or (device.startswith("cuda:") and device[5:].isdigit())):
+        raise ValueError(f"device must be 'auto', 'cpu', 'cuda' or 'cuda:N', got {device!r}")
+    if device.startswith("cuda") and not torch.cuda.is_available(): raise ValueError(f"device {device!r}: no CUDA device here")
+    return device
+
 def load_model(name_or_path: str | Path,  # hub id or local folder (safetensors weights)
                dtype: str | torch.dtype = "auto",  # see `resolve_dtype`; also the 4-bit compute dtype
                lora: LoraSpec | None = None,  # wrap in a LoRA adapter (after k-bit preparation)
@@ -244,12 +254,17 @@ def load_model(name_or_path: str | Path,  # hub id or local folder (safetensors 
                trust_remote_code: bool = False,  # allow a repository's own modelling code to run
                gradient_checkpointing: bool = False,  # with `lora` and `quantization`: recompute activations
                tokenizer: str | Path | None = None,  # the tokenizer's folder or hub id (default: `name_or_path`)
+               device: str = "auto",  # "auto" (this rank's GPU when there is one, else the CPU), "cpu", "cuda" or "cuda:N"
+               device_map: str | dict | None = None,  # for inference: e.g. "auto" spreads a large model over the GPUs
                **kwargs,  # passed on to `AutoModelForCausalLM.from_pretrained`
               ):
     "Load `(model, tokenizer)` from safetensors, optionally 4/8-bit quantised and/or wrapped in LoRA."
     torch_dtype = resolve_dtype(dtype)
     qcfg = _quantization_config(quantization, torch_dtype)
     if qcfg is not None: kwargs["quantization_config"] = qcfg
+    dev = resolve_device(device)
+    if device_map is not None: kwargs["device_map"] = device_map
+    elif qcfg is not None or dev != "cpu": kwargs["device_map"] = {"": dev}  # weights land on the device directly
     model = AutoModelForCausalLM.from_pretrained(name_or_path, dtype=torch_dtype, use_safetensors=True,
                                                  trust_remote_code=trust_remote_code, **kwargs)
     tokenizer = AutoTokenizer.from_pretrained(tokenizer or name_or_path, trust_remote_code=trust_remote_code)
