@@ -77,7 +77,7 @@ class BandConfig(TrainSpec):
 
     def __post_init__(self):
         if self.judge == "oracle" and self.prompts != "world": raise ValueError("the oracle judges world prompts only")
-        self.launch_config().per_device(self.batch_size)  # fails early, naming the fields, when they do not fit
+        self.launch_config().per_rank(self.batch_size, self.grad_accum)  # fails early, naming the fields, when they do not fit
 
     def train_spec(self, **changes) -> TrainSpec:
         "The main row's optimisation settings, with `changes` for a row that trains differently."
@@ -130,7 +130,8 @@ def train_stage(cfg: BandConfig,  # the band's config (dtype, LoRA, quantization
     """Train one stage of a row in this process, or as `cfg.num_processes` ranks under `accelerate launch` (the
     records then go to `out/data.jsonl`, the job to `out/job.json`: `python -m selfalign.trainers.<stage>` re-runs it)."""
     lc, spec = cfg.launch_config(), cfg.lora() if lora else None
-    stage_cfg = stage_cfg.replace(output_dir=str(out), report_to=cfg.report_to, batch_size=lc.per_device(stage_cfg.batch_size))
+    b, ga = lc.per_rank(stage_cfg.batch_size, stage_cfg.gradient_accumulation_steps)
+    stage_cfg = stage_cfg.replace(output_dir=str(out), report_to=cfg.report_to, batch_size=b, gradient_accumulation_steps=ga)
     m, t = policy_files(start)
     job = StageJob(stage, stage_cfg.to_dict(), model=m, tokenizer=t, dtype=cfg.dtype, lora=spec.to_dict() if spec else None,
                    quantization=cfg.quantization if stage != "reward" else None, options=options, merge_lora=merge_lora)

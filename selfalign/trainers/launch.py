@@ -126,12 +126,14 @@ class LaunchConfig(StageConfig):
         if self.launcher == "inprocess" and self.num_processes > 1:
             raise ConfigError("num_processes > 1 needs launcher 'accelerate' (a notebook's process cannot become several)")
 
-    def per_device(self, batch_size: int) -> int:
-        "The per-rank micro-batch that keeps the global batch at `batch_size`."
-        if batch_size % self.num_processes:
-            raise ConfigError(f"batch_size {batch_size} does not split over num_processes {self.num_processes}: "
-                              "choose a batch_size divisible by it (the global batch is kept as configured)")
-        return batch_size // self.num_processes
+    def per_rank(self, batch_size: int, grad_accum: int = 1) -> tuple[int, int]:
+        """(micro-batch, accumulation steps) per rank keeping the global batch `batch_size × grad_accum`: the micro-batch
+        is split over the ranks when it divides, else the accumulation steps."""
+        n = self.num_processes
+        if batch_size % n == 0: return batch_size // n, grad_accum
+        if grad_accum % n == 0: return batch_size, grad_accum // n
+        raise ConfigError(f"the global batch {batch_size} × {grad_accum} (batch_size × grad_accum) does not split over "
+                          f"num_processes {n}: make batch_size or grad_accum divisible by it")
 
 # %% ../../nbs/trainers/50_launch.ipynb #75bc45ad
 def free_port() -> int:

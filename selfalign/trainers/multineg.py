@@ -207,6 +207,6 @@ def _trainer_for(mode: str, model, ref_model, tokenizer, groups, beta: float = 0
     return _make_trainer(cfg, mode, model, ref_model, tokenizer, groups)
 
 # %% ../../nbs/trainers/41_multineg.ipynb #0afc9290
-if __name__ == "__main__" and "ipykernel" not in sys.modules:  # `python -m selfalign.trainers.multineg --config job.json --out DIR`
+if __name__ == "__main__" and sys.argv[0].endswith("multineg.py"):  # `python -m selfalign.trainers.multineg --config job.json --out DIR`
     from selfalign.trainers.launch import stage_process_main
     stage_process_main("multineg")

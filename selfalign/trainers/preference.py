@@ -12,4 +12,4 @@ import sys
 from .launch import stage_process_main
 
 # %% ../../nbs/trainers/53_preference.ipynb #057bbe5d
-if __name__ == "__main__" and "ipykernel" not in sys.modules: stage_process_main("preference")
+if __name__ == "__main__" and sys.argv[0].endswith("preference.py"): stage_process_main("preference")  # run as a module, not a notebook

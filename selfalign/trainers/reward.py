@@ -12,4 +12,4 @@ import sys
 from .launch import stage_process_main
 
 # %% ../../nbs/trainers/52_reward.ipynb #43acd8a6
-if __name__ == "__main__" and "ipykernel" not in sys.modules: stage_process_main("reward")
+if __name__ == "__main__" and sys.argv[0].endswith("reward.py"): stage_process_main("reward")  # run as a module, not a notebook

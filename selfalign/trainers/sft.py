@@ -12,4 +12,4 @@ import sys
 from .launch import stage_process_main
 
 # %% ../../nbs/trainers/51_sft.ipynb #a28fb8ca
-if __name__ == "__main__" and "ipykernel" not in sys.modules: stage_process_main("sft")
+if __name__ == "__main__" and sys.argv[0].endswith("sft.py"): stage_process_main("sft")  # run as a module, not a notebook
