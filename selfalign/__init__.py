@@ -10,6 +10,7 @@ Modules:
 - `selfalign.objectives.ppo`: PPO's objectives as pure tensor functions over a batch of right-padded responses: per-token rewards with the KL penalty, generalised advantage estimation, the clipped policy and value losses, whitening.
 - `selfalign.report`: The report of a `selfalign reproduce` run: `REPORT.md` and `report.html` in the output folder.
 - `selfalign.trainers.launch`: Every training stage as a process: one JSON job per stage, run in this process or under `accelerate launch` on DDP, DeepSpeed ZeRO-2/3 or FSDP2, with each rank's log kept in the stage folder and a killed run resumed from its last checkpoint.
-- `selfalign.trainers.multineg`: Self-Contrast's training: one SFT target against many self-generated negatives. Two trainers optimise the same objective — the paper's pair expansion with a prompt-grouped sampler, and a multi-negative batch that computes the chosen sequence once."""
+- `selfalign.trainers.multineg`: Self-Contrast's training: one SFT target against many self-generated negatives. Two trainers optimise the same objective — the paper's pair expansion with a prompt-grouped sampler, and a multi-negative batch that computes the chosen sequence once.
+- `selfalign.trainers.ppo`: Our own PPO for language models: rollouts through the `Generator` protocol, per-token KL-penalised rewards, GAE, k epochs of clipped policy and value updates, a critic initialised from the reward model, checkpoint and resume."""
 
 __version__ = "0.1.0"
