@@ -133,8 +133,10 @@ def run_ppo(cfg: PPOStageConfig,  # the stage config
     lora = hasattr(policy, "disable_adapter")
     disable_dropout(policy)
     ref = None if lora else disable_dropout(ref_model if ref_model is not None else copy.deepcopy(policy)).eval().requires_grad_(False)
-    base_lm = policy.get_base_model() if lora else policy
-    critic = disable_dropout(copy.deepcopy(critic) if critic is not None else reward_model_from(base_lm, tokenizer.pad_token_id))
+    if critic is not None: critic = copy.deepcopy(critic)
+    else:  # the policy's own backbone (a LoRA policy's adapter is merged into a copy first) with a zero head
+        critic = reward_model_from(copy.deepcopy(policy).merge_and_unload() if lora else policy, tokenizer.pad_token_id)
+    disable_dropout(critic)
     critic.requires_grad_(True)
     pol_params = [p for p in policy.parameters() if p.requires_grad]
     opt = torch.optim.AdamW([{"params": pol_params, "lr": cfg.learning_rate},
@@ -201,7 +203,7 @@ def run_ppo(cfg: PPOStageConfig,  # the stage config
                 opt.step(); sched.step(); opt.zero_grad(set_to_none=True)
                 acc["vf_loss"].append(vf.item()); acc["vf_clipfrac"].append(vst["vf_clipfrac"])
         mean = lambda v: float(sum(v) / len(v)) if v else None
-        rec = {"step": it + 1, "score": raw_score, "kl": kl.sum(1).mean().item(),
+        rec = {"step": it + 1, "score": raw_score, "shaped_score": scores.mean().item(), "kl": kl.sum(1).mean().item(),
                "non_score_reward": (-cfg.kl_coef * kl.sum(1)).mean().item(), "response_length": _seq_len_stats(ro.mask),
                "no_eos": ro.no_eos.float().mean().item(), "explained_variance": ev, "lr": sched.get_last_lr()[0],
                **{k: mean(v) for k, v in acc.items()},
