@@ -156,19 +156,26 @@ def run_ppo(cfg: PPOStageConfig,  # the stage config
         order = torch.randperm(len(prompts), generator=torch.Generator().manual_seed(cfg.seed * 1_000_003 + it // max(1, len(prompts) // cfg.rollout_prompts)))
         k = it % max(1, len(prompts) // cfg.rollout_prompts)
         idx = order[k * cfg.rollout_prompts:(k + 1) * cfg.rollout_prompts].tolist()
+        clock = {"t": time.perf_counter()}
+        def lap(name):  # seconds spent in each phase of the iteration, for the log and the bench
+            now = time.perf_counter(); secs[name] = now - clock["t"]; clock["t"] = now
+        secs = {}
         policy.eval(); critic.eval()
         sp = SamplingParams(n=1, temperature=cfg.temperature, max_new_tokens=cfg.max_new_tokens, seed=cfg.seed * 7919 + it)
         gens = gen.generate([prompts[i] for i in idx], sp)
         resp_ids = [g.token_ids[0] for g in gens]
         ro = Rollout(*pack([prompt_ids[i] for i in idx], resp_ids, pad), [prompts[i] for i in idx], [g.texts[0] for g in gens],
                      torch.tensor([g.finish_reasons[0] == "length" for g in gens]))
+        lap("rollout_s")
         with torch.no_grad():
             old_lp = response_logps(policy, ro, cfg.temperature)
             if lora:
                 with policy.disable_adapter(): ref_lp = response_logps(policy, ro, cfg.temperature)
             else: ref_lp = response_logps(ref, ro, cfg.temperature)
             old_v = token_values(critic, ro)
+        lap("reference_s")  # the rollout policy's log-probs, the reference's, the critic's values
         scores = torch.as_tensor(reward_fn(ro.prompts, ro.responses), dtype=torch.float32).flatten()
+        lap("scoring_s")
         raw_score = scores.mean().item()
         if cfg.normalize_scores: moments.update(scores); scores = scores / max(moments.std, 1e-8)
         if cfg.score_clip is not None: scores = scores.clamp(-cfg.score_clip, cfg.score_clip)
@@ -202,12 +209,14 @@ def run_ppo(cfg: PPOStageConfig,  # the stage config
                 torch.nn.utils.clip_grad_norm_(critic.parameters(), cfg.max_grad_norm)
                 opt.step(); sched.step(); opt.zero_grad(set_to_none=True)
                 acc["vf_loss"].append(vf.item()); acc["vf_clipfrac"].append(vst["vf_clipfrac"])
+        lap("train_s")
         mean = lambda v: float(sum(v) / len(v)) if v else None
         rec = {"step": it + 1, "score": raw_score, "shaped_score": scores.mean().item(), "kl": kl.sum(1).mean().item(),
                "non_score_reward": (-cfg.kl_coef * kl.sum(1)).mean().item(), "response_length": _seq_len_stats(ro.mask),
                "no_eos": ro.no_eos.float().mean().item(), "explained_variance": ev, "lr": sched.get_last_lr()[0],
                **{k: mean(v) for k, v in acc.items()},
-               "first_approx_kl": acc["approx_kl"][0] if acc["approx_kl"] else None}
+               "first_approx_kl": acc["approx_kl"][0] if acc["approx_kl"] else None,
+               "tokens": int(ro.mask.sum()), **{k: round(v, 4) for k, v in secs.items()}}
         hist.append(rec)
         bar.set_postfix(score=f"{raw_score:.3f}", kl=f"{rec['kl']:.3f}")
         if cfg.save_steps > 0 and (it + 1) % cfg.save_steps == 0 and it + 1 < cfg.max_steps:
