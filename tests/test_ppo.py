@@ -30,7 +30,7 @@ def cfg(tmp_path, **kw):
 
 def test_ppo_on_the_oracle_beats_sft_at_a_moderate_kl(tmp_path, world):
     sft, tok, train, test, oracle = world
-    res = run_ppo(cfg(tmp_path, max_steps=16), copy.deepcopy(sft), tok, train, oracle)
+    res = run_ppo(cfg(tmp_path, max_steps=16, ppo_epochs=2), copy.deepcopy(sft), tok, train, oracle)
     sp = SamplingParams(n=1, temperature=1.0, max_new_tokens=48, seed=5)
     gens = {n: HFGenerator(m, tok, batch_size=120, dtype=torch.float32).generate(test, sp) for n, m in (("ppo", res.model), ("sft", sft))}
     gold = {n: oracle(test, [x.texts[0] for x in g]) for n, g in gens.items()}

@@ -22,7 +22,6 @@ from tqdm.auto import tqdm
 from transformers import get_scheduler
 from ..core.base import atomic_write_json, seed_everything
 from ..generate.base import HFGenerator, SamplingParams, encode_prompts
-from ..objectives.logps import token_logps
 from ..objectives.ppo import (KL_ESTIMATORS, explained_variance, gae, masked_mean, masked_whiten, policy_loss,
                                       token_rewards, value_loss)
 from .stages import StageResult, TrainStageConfig, reward_model_from
@@ -89,13 +88,16 @@ def pack(prompt_ids: Sequence[list[int]], response_ids: Sequence[list[int]], pad
     return ids, att, pos, mask
 
 def response_logps(model, ro: Rollout, temperature: float, with_entropy: bool = False):
-    "(B, T) log-probs of the response tokens under `model` (logits / temperature), and optionally the token entropy."
-    logits = model(input_ids=ro.input_ids, attention_mask=ro.attention_mask, use_cache=False).logits.float() / max(temperature, 1e-7)
-    lp = token_logps(logits, ro.input_ids).gather(1, ro.pos) * ro.mask
+    """(B, T) log-probs of the response tokens under `model` (logits / temperature), and optionally the token entropy.
+    Only the positions that predict response tokens get logits (`logits_to_keep`): the prompt's are never computed."""
+    lo, hi = int(ro.pos[ro.mask.bool()].min()), int(ro.pos[ro.mask.bool()].max())
+    logits = model(input_ids=ro.input_ids, attention_mask=ro.attention_mask, use_cache=False,
+                   logits_to_keep=torch.arange(lo, hi + 1)).logits.float() / max(temperature, 1e-7)  # (B, K, V)
+    sel = logits.gather(1, (ro.pos - lo).clamp(min=0).unsqueeze(-1).expand(-1, -1, logits.shape[-1]))  # (B, T, V)
+    logp = torch.log_softmax(sel, dim=-1)
+    lp = logp.gather(-1, ro.input_ids.gather(1, ro.pos + 1).unsqueeze(-1)).squeeze(-1) * ro.mask
     if not with_entropy: return lp
-    sel = logits.gather(1, ro.pos.unsqueeze(-1).expand(-1, -1, logits.shape[-1]))
-    ent = torch.distributions.Categorical(logits=sel).entropy()
-    return lp, ent * ro.mask
+    return lp, -(logp.exp() * logp).sum(-1) * ro.mask
 
 def token_values(critic, ro: Rollout) -> torch.Tensor:
     "(B, T) the critic's value of the state before each response token (its scalar head at every position)."
