@@ -8,10 +8,9 @@ Docs: https://selfalign.github.io/selfalign/trainers/launch.html.md"""
 
 # %% ../../nbs/trainers/50_launch.ipynb #5b4fa6aa
 from __future__ import annotations
-import argparse, importlib, json, os, re, shutil, socket, subprocess, sys, time
+import argparse, importlib, json, os, re, socket, subprocess, sys, time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import ClassVar
 
 # %% auto #0
 __all__ = ['STAGES', 'ENGINES', 'LAUNCHERS', 'StageJob', 'stage_function', 'last_checkpoint', 'job_model', 'run_job',

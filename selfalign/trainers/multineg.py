@@ -19,7 +19,6 @@ __all__ = ['PromptGroupedSampler', 'prompt_groups', 'GroupedPreferenceTrainer', 
 
 # %% ../../nbs/trainers/41_multineg.ipynb #d564c1a6
 import torch
-from datasets import Dataset
 from torch.utils.data import Sampler
 from trl import DPOConfig
 from trl.data_utils import _tokenize, common_prefix_length

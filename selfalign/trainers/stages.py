@@ -72,7 +72,7 @@ class TrainStageConfig(StageConfig):
     bf16: bool = False  # bf16 mixed precision (GPU)
     gradient_checkpointing: bool = False  # trade compute for memory (GPU, long sequences)
     report_to: str = "none"  # trackers, comma-separated: "tensorboard" (`output_dir/runs`), "wandb" (offline unless WANDB_MODE says otherwise)
-    trace_rows: bool = False  # each rank writes a hash of every row it trains on to `logs/rows-rank<R>.jsonl` (diagnostics)
+    trace_rows: bool = False  # diagnostics: each rank hashes every row it trains on (`logs/rows-rank<R>.jsonl`) and its final weights
 
 _STAGE_KEYS = ("output_dir", "learning_rate", "num_train_epochs", "max_steps", "gradient_accumulation_steps",
                "lr_scheduler_type", "warmup_steps", "weight_decay", "optim", "adam_beta2", "max_grad_norm", "seed",
@@ -231,13 +231,18 @@ class RowTrace:
         with self.path.open("a") as f: f.writelines(json.dumps(row_hash(e)) + "\n" for e in examples)
         return self.collate(examples)
 
-def rank_record(trainer) -> dict:
-    "How this rank ran: distributed type, the model's wrapper, its device, and a digest of its local parameters."
+def rank_record(trainer,
+                digest: bool = False,  # also hash the rank's local parameters (a pass over all weights: diagnostics only)
+               ) -> dict:
+    "How this rank ran: distributed type, the model's wrapper, its device, and optionally a digest of its local parameters."
     acc = trainer.accelerator
-    h = hashlib.sha1()
-    for _, p in sorted(acc.unwrap_model(trainer.model).named_parameters()): h.update(p.detach().float().cpu().numpy().tobytes())
-    return {"rank": acc.process_index, "world_size": acc.num_processes, "distributed_type": acc.distributed_type.value,
-            "wrapper": type(trainer.model_wrapped).__name__, "device": str(acc.device), "params_sha1": h.hexdigest()}
+    rec = {"rank": acc.process_index, "world_size": acc.num_processes, "distributed_type": acc.distributed_type.value,
+           "wrapper": type(trainer.model_wrapped).__name__, "device": str(acc.device)}
+    if digest:
+        h = hashlib.sha1()
+        for _, p in sorted(acc.unwrap_model(trainer.model).named_parameters()): h.update(p.detach().float().cpu().numpy().tobytes())
+        rec["params_sha1"] = h.hexdigest()
+    return rec
 
 class KillAt(TrainerCallback):
     """Fault injection for the resume tests: a real SIGKILL of this process when rank R begins optimiser step S, set by
@@ -268,7 +273,7 @@ def train_and_save(trainer,  # a configured TRL trainer
     trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
     trainer.save_model(str(out / "final"))  # every rank calls it: ZeRO-3 gathers the partitioned weights
     hist = trainer.state.log_history
-    atomic_write_json(out / "logs" / f"rank{trainer.args.process_index}.json", rank_record(trainer))
+    atomic_write_json(out / "logs" / f"rank{trainer.args.process_index}.json", rank_record(trainer, digest=cfg.trace_rows))
     if main: atomic_write_json(out / "log_history.json", {"counts": counts, "log_history": hist})
     return StageResult(out, trainer.model, hist, counts, time.perf_counter() - t0)
 
