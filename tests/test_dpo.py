@@ -18,7 +18,7 @@ from selfalign.world.models import load_world_model
 from selfalign.world import base as W
 
 FIXTURES = ROOT / "tests" / "fixtures"
-CLAIMS = ["dpo-rm-accuracy", "dpo-rm-reward-up", "dpo-beats-sft", "dpo-frontier"]
+CLAIMS = ["dpo-rm-accuracy", "dpo-rm-reward-up", "dpo-beats-sft", "dpo-frontier", "dpo-frontier-vs-ppo"]
 
 
 @pytest.fixture(scope="module")
@@ -112,6 +112,7 @@ def test_bad_band_configs_fail_clearly():
     with pytest.raises(ValueError, match="one of betas"): DPOBandConfig(betas=(0.1,), beta=0.3)
     with pytest.raises(ValueError, match="oracle judges world prompts"): DPOBandConfig(prompts="offline")
     with pytest.raises(ValueError, match="sampled pairs"): DPOBandConfig(judge="rm")
+    with pytest.raises(ValueError, match="ppo_gold_kl"): DPOBandConfig(judge="rm", pairs="hh-rlhf", prompts="hh-rlhf")
 
 
 def test_reproduce_dpo_tiny_writes_the_run_folder(tiny_run):
@@ -124,7 +125,9 @@ def test_reproduce_dpo_tiny_writes_the_run_folder(tiny_run):
     assert [r["beta"] for r in m["tables"]["win_rate"]] == [0.1, 0.3]
     names = {p.name for p in run.iterdir()}
     assert {"config.json", "env.json", "metrics.json", "results.json", "samples.jsonl", "frontier.png", "curves.png",
-            "reproduce.ipynb", "sft", "rm", "dpo-beta0.3"} <= names
+            "reproduce.ipynb", "sft", "rm", "dpo-beta0.3", "ppo-kl0.1", "ppo-gold-kl0.05"} <= names
+    assert [r["method"] for r in m["tables"]["policies"]][-2:] == ["PPO (RM)", "PPO (gold)"]
+    assert json.loads((run / "ppo-kl0.1" / "log_history.json").read_text())["counts"]["iterations"] == 4
     assert (run / "dpo-beta0.3" / "final" / "model.safetensors").exists()
     assert m["wall_s"] < 300
 
@@ -132,7 +135,8 @@ def test_reproduce_dpo_tiny_writes_the_run_folder(tiny_run):
 def test_reproduce_dpo_small_smoke(tmp_path):
     "The small scale end to end (SmolLM2 + LoRA, vendored prompts, the proxy judge), cut to a minimal size."
     over = {"n_prompts": "12", "n_eval": "4", "sft_steps": "1", "rm_steps": "2", "steps": "2", "max_new_tokens": "16",
-            "betas": "[0.3]", "bon_ns": "[1, 2]", "samples_per_prompt": "3"}
+            "betas": "[0.3]", "bon_ns": "[1, 2]", "samples_per_prompt": "3", "ppo_iterations": "1", "ppo_rollout_prompts": "2",
+            "ppo_gold_kl": ""}
     args = [str(BIN / "selfalign"), "reproduce", "dpo", "--scale", "small", "--out", str(tmp_path)]
     for k, v in over.items(): args += ["-p", k, v]
     r = subprocess.run(args, capture_output=True, text=True)

@@ -7,14 +7,15 @@ Docs: https://selfalign.github.io/selfalign/bands/dpo.html.md"""
 # %% ../../nbs/bands/12_dpo.ipynb #dff48fc9
 from __future__ import annotations
 from dataclasses import dataclass
+import copy
 from functools import partial
 from pathlib import Path
-from typing import Sequence
+from typing import ClassVar, Sequence
 
 # %% auto #0
 __all__ = ['DPOBandConfig', 'band_prompts', 'pair_judge', 'sampled_pairs', 'dataset_pairs', 'dpo_data', 'split_phases',
-           'dpo_rows', 'train_dpo_row', 'rm_judge', 'evaluate_band', 'training_curves', 'dpo_claims', 'DPOBand',
-           'band_tables', 'plot_frontier', 'plot_curves']
+           'ppo_prompts', 'ppo_row_specs', 'dpo_rows', 'train_ppo_row', 'train_dpo_row', 'rm_judge', 'evaluate_band',
+           'training_curves', 'dpo_claims', 'frontier_vs_ppo', 'DPOBand', 'band_tables', 'plot_frontier', 'plot_curves']
 
 # %% ../../nbs/bands/12_dpo.ipynb #7cb0a3e5
 import numpy as np
@@ -22,6 +23,7 @@ from ..core.base import make_claim, seed_everything
 from ..data.records import DataError, PreferencePair, SFTExample, read_jsonl
 from ..eval.policy import best_of_n, estimate, evaluate_policies, interp_frontier, sample_policy
 from ..judges.base import BandPrompt, RewardModelJudge, prefer_scores
+from ..trainers.ppo import PPOStageConfig, run_ppo
 from ..trainers.stages import (PreferenceStageConfig, RewardStageConfig, SFTStageConfig, StageResult, phase_split,
                                        load_reward_model, reward_model_from, reward_scores)
 from .base import (BandConfig, Row, load_checkpoint, load_policy, make_judge, prompt_source, round_rows,
@@ -44,12 +46,22 @@ class DPOBandConfig(BandConfig):
     beta: float = 0.3  # β of the original's scripts: the one the claims are about (one of `betas`)
     betas: tuple[float, ...] = (0.03, 0.1, 0.3, 1.0)  # β values trained (frontier points)
     bon_ns: tuple[int, ...] = (1, 2, 4, 8, 16)  # best-of-N sizes
+    ppo_kl_coefs: tuple[float, ...] = (0.02, 0.1)  # PPO rows against the trained RM, one per KL coefficient (() for none)
+    ppo_gold_kl: float | None = 0.05  # KL coefficient of a PPO row on the judge's own reward, the ceiling (None: no such row)
+    ppo_iterations: int = 8  # PPO iterations per row (one rollout of `ppo_rollout_prompts` prompts each)
+    ppo_rollout_prompts: int = 32  # prompts per rollout (one sample each)
+    ppo_epochs: int = 1  # passes over each rollout
+    ppo_mini_batches: int = 2  # minibatches per pass
+    ppo_lr: float = 2e-4  # PPO's learning rate (policy and critic)
+    OPTIONAL: ClassVar[tuple[str, ...]] = (*BandConfig.OPTIONAL, "ppo_gold_kl")
 
     def __post_init__(self):
         super().__post_init__()
         if self.beta not in self.betas: raise ValueError(f"beta {self.beta} must be one of betas {self.betas}")
         if self.judge not in ("oracle", "proxy", "rm"): raise ValueError(f"judge must be oracle, proxy or rm, got {self.judge!r}")
         if self.judge == "rm" and self.pairs == "sampled": raise ValueError("sampled pairs need a judge other than the RM they train")
+        if self.judge == "rm" and self.ppo_gold_kl is not None:
+            raise ValueError("ppo_gold_kl: with judge 'rm' the gold reward is the trained RM, which the PPO rows already optimise; set it to null")
 
 # %% ../../nbs/bands/12_dpo.ipynb #d77504df
 def band_prompts(cfg: DPOBandConfig, tokenizer, n: int, split: str) -> list[BandPrompt]:
@@ -109,16 +121,45 @@ def split_phases(cfg: DPOBandConfig, pairs: Sequence[PreferencePair]) -> dict:
     n_rm_eval = max(len(rm_pairs) // 5, 1)
     return {"sft": sft_pairs, "rm_train": rm_pairs[n_rm_eval:], "rm_eval": rm_pairs[:n_rm_eval], "dpo": dpo_pairs}
 
+def ppo_prompts(pairs: Sequence[PreferencePair]) -> list[BandPrompt]:
+    "The DPO share's prompts, once each: PPO learns from the same prompts as DPO (only their responses are its own)."
+    seen: dict[str, BandPrompt] = {}
+    for p in pairs: seen.setdefault(p.prompt, BandPrompt(p.meta.get("text", p.prompt), p.meta.get("kind", "unknown"), p.prompt))
+    return list(seen.values())
+
+def ppo_row_specs(cfg: DPOBandConfig) -> list[tuple[str, float, str]]:
+    "(name, KL coefficient, reward) of each PPO row: one per `ppo_kl_coefs` on the trained RM, then the gold-reward ceiling."
+    rows = [(f"PPO kl={c:g}", c, "rm") for c in cfg.ppo_kl_coefs]
+    return rows + ([(f"PPO gold kl={cfg.ppo_gold_kl:g}", cfg.ppo_gold_kl, "gold")] if cfg.ppo_gold_kl is not None else [])
+
 def dpo_rows(cfg: DPOBandConfig, data: dict) -> list[Row]:
-    "An SFT row, a reward-model row, then one DPO row per β (each from the SFT row)."
+    "An SFT row, a reward-model row, one DPO row per β, then the PPO rows (each policy from the SFT row)."
     sft = cfg.train_spec(steps=cfg.sft_steps, lr=cfg.sft_lr)
     rows = [Row("SFT", "sft", data["sft"], sft, folder="sft"),
             Row("RM", "reward", data["rm_train"], cfg.train_spec(steps=cfg.rm_steps, lr=cfg.rm_lr), folder="rm")]
-    return rows + [Row(f"DPO β={b:g}", "preference", data["dpo"], cfg.train_spec(), {"beta": b}, folder=f"dpo-beta{b:g}")
-                   for b in cfg.betas]
+    rows += [Row(f"DPO β={b:g}", "preference", data["dpo"], cfg.train_spec(), {"beta": b}, folder=f"dpo-beta{b:g}")
+             for b in cfg.betas]
+    ppo = cfg.train_spec(steps=cfg.ppo_iterations, lr=cfg.ppo_lr)
+    return rows + [Row(name, "ppo", ppo_prompts(data["dpo"]), ppo, {"kl_coef": c, "reward": reward},
+                       folder=name.lower().replace(" ", "-").replace("=", "")) for name, c, reward in ppo_row_specs(cfg)]
 
-def train_dpo_row(cfg: DPOBandConfig, row: Row, tokenizer, out: Path, trained: dict) -> StageResult:
-    "Train one row into `out`: SFT (saved merged), the reward model (from the base backbone), or DPO at one β."
+def train_ppo_row(cfg: DPOBandConfig, row: Row, tokenizer, out: Path, trained: dict, rm) -> StageResult:
+    """PPO from the SFT row's checkpoint, its critic initialised from the trained reward model; the reward is that RM
+    (the DPO paper's PPO) or the judge itself (the ceiling). It trains in this process whatever the launcher."""
+    seed_everything(cfg.seed)
+    policy = load_policy(str(trained["SFT"].checkpoint), cfg.dtype, lora=cfg.lora(), quantization=cfg.quantization)[0]
+    by_context = {p.context: p for p in row.data}
+    score = (rm_judge(rm, tokenizer) if row.options["reward"] == "rm" else pair_judge(cfg)).score
+    reward_fn = lambda contexts, responses: score([by_context[c] for c in contexts], [r.strip() for r in responses])
+    kw = row.spec.stage_kwargs(cfg.seed, bf16=cfg.dtype == "bf16")
+    pcfg = PPOStageConfig(**kw, output_dir=str(out), report_to=cfg.report_to, rollout_prompts=cfg.ppo_rollout_prompts,
+                          ppo_epochs=cfg.ppo_epochs, mini_batches=cfg.ppo_mini_batches, kl_coef=row.options["kl_coef"],
+                          max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature, gen_batch_size=cfg.gen_batch_size)
+    return run_ppo(pcfg, policy, tokenizer, list(by_context), reward_fn, critic=_merged(copy.deepcopy(rm)))
+
+def train_dpo_row(cfg: DPOBandConfig, row: Row, tokenizer, out: Path, trained: dict, rm=None) -> StageResult:
+    "Train one row into `out`: SFT (saved merged), the reward model (from the base backbone), DPO at one β, or PPO (`rm`: the trained RM)."
+    if row.kind == "ppo": return train_ppo_row(cfg, row, tokenizer, out, trained, rm)
     kw = row.spec.stage_kwargs(cfg.seed, bf16=cfg.dtype == "bf16")
     here = cfg.launcher == "inprocess"  # else the stage is a process that loads its own model
     if row.kind == "sft":  # the policy, fine-tuned on the chosen responses; saved merged for the DPO rows to start from
@@ -142,8 +183,8 @@ def train_dpo_row(cfg: DPOBandConfig, row: Row, tokenizer, out: Path, trained: d
     return train_stage(cfg, "preference", PreferenceStageConfig(beta=row.options["beta"], **kw), row.data, out, tokenizer, start, model=policy)
 
 # %% ../../nbs/bands/12_dpo.ipynb #23613f38
-def _policy_row(name: str, beta, ev, rm: Sequence[float]) -> dict:
-    return {"policy": name, "beta": beta, "gold": ev.gold.mean, "gold_ci95": list(ev.gold.ci95), "rm_reward": float(np.mean(rm)),
+def _policy_row(name: str, beta, ev, rm: Sequence[float], method: str, kl_coef=None) -> dict:
+    return {"policy": name, "method": method, "beta": beta, "kl_coef": kl_coef, "gold": ev.gold.mean, "gold_ci95": list(ev.gold.ci95), "rm_reward": float(np.mean(rm)),
             "win_vs_sft": ev.win.mean, "win_ci95": list(ev.win.ci95), "kl": ev.kl.mean, "kl_ci95": list(ev.kl.ci95),
             "n": len(ev.texts), **ev.rates}
 
@@ -152,12 +193,12 @@ def rm_judge(rm, tokenizer) -> RewardModelJudge:
     return RewardModelJudge(partial(reward_scores, rm, tokenizer))
 
 def evaluate_band(cfg: DPOBandConfig, trained: dict, tokenizer, rm, prompts: Sequence[BandPrompt], progress=print) -> dict:
-    "Judge, reward-model and KL evaluation of the SFT model, each DPO policy (one at a time, from their checkpoints) and best-of-N."
+    "Judge, reward-model and KL evaluation of the SFT model, each DPO and PPO policy (one at a time, from their checkpoints) and best-of-N."
     rmj = rm_judge(rm, tokenizer)
     judge = rmj if cfg.judge == "rm" else pair_judge(cfg)
     N, names = max(cfg.bon_ns), [f"DPO β={b:g}" for b in cfg.betas]
-    policies = {"SFT": partial(load_checkpoint, cfg, trained["SFT"].checkpoint),
-                **{n: partial(load_checkpoint, cfg, trained[n].checkpoint) for n in names}}
+    ppo = ppo_row_specs(cfg)
+    policies = {n: partial(load_checkpoint, cfg, trained[n].checkpoint) for n in ["SFT", *names, *(p[0] for p in ppo)]}
     progress(f"sampling {N} SFT responses for {len(prompts)} held-out prompts")
     ev = evaluate_policies(policies, tokenizer, prompts, judge, baseline="SFT", reference="SFT", temperature=cfg.temperature,
                            max_new_tokens=cfg.max_new_tokens, seed=cfg.seed + 7, batch_size=cfg.gen_batch_size, n={"SFT": N},
@@ -168,10 +209,12 @@ def evaluate_band(cfg: DPOBandConfig, trained: dict, tokenizer, rm, prompts: Seq
     rm_all = np.array(rmj.score(rep, flat)).reshape(len(prompts), N)
     gold_all = rm_all if cfg.judge == "rm" else np.array(judge.score(rep, flat)).reshape(len(prompts), N)
     rows, samples = [], []
-    for name, beta in [("SFT", None), *zip(names, cfg.betas)]:
+    methods = [("SFT", None, "SFT", None), *((n, b, "DPO", None) for n, b in zip(names, cfg.betas)),
+               *((n, None, f"PPO ({'RM' if r == 'rm' else 'gold'})", c) for n, c, r in ppo)]
+    for name, beta, method, kl_coef in methods:
         e = ev[name]
         rm_r = rm_all[:, 0] if name == "SFT" else rmj.score(prompts, e.texts)
-        rows.append(_policy_row(name, beta, e, rm_r))
+        rows.append(_policy_row(name, beta, e, rm_r, method, kl_coef))
         samples += [{"policy": name, "prompt": p.text, "kind": p.kind, "response": t, "gold": float(g)}
                     for p, t, g in zip(prompts, e.texts, e.scores)]
     return {"policies": rows, "best_of_n": best_of_n(rm_all, gold_all, cfg.bon_ns), "samples": samples, "judge": judge.name}
@@ -185,7 +228,7 @@ def training_curves(trained: dict, betas: Sequence[float]) -> dict:
 
 # %% ../../nbs/bands/12_dpo.ipynb #39ac6bfb
 def dpo_claims(cfg: DPOBandConfig, res: dict) -> list[dict]:
-    "The band's four claims from its results."
+    "The band's claims from its results (the PPO one when it has PPO rows on the RM)."
     sft_row = res["policies"][0]
     row = next(r for r in res["policies"] if r["beta"] == cfg.beta)
     bon_at = interp_frontier(res["best_of_n"], row["kl"])
@@ -199,7 +242,17 @@ def dpo_claims(cfg: DPOBandConfig, res: dict) -> list[dict]:
                    row["win_vs_sft"], 0.5, ci95=row["win_ci95"]),
         make_claim("dpo-frontier", f"at its KL ({row['kl']:.2f} nats), DPO (β={cfg.beta:g}) earns at least best-of-N's reward by "
                    f"{judge}: value = DPO − best-of-N", row["gold"] - bon_at, 0.0, inclusive=True),
-    ]
+    ] + ([frontier_vs_ppo(res)] if any(r["method"] == "PPO (RM)" for r in res["policies"]) else [])
+
+def frontier_vs_ppo(res: dict) -> dict:
+    """`dpo-frontier-vs-ppo`: at each PPO row's KL, DPO's frontier (its β points and the SFT model at KL 0, interpolated
+    in KL; past its largest KL, that point's value) minus PPO's gold reward, averaged over the PPO rows on the RM."""
+    dpo = [{"kl": r["kl"], "gold": r["gold"]} for r in res["policies"] if r["method"] in ("SFT", "DPO")]
+    ppo = [r for r in res["policies"] if r["method"] == "PPO (RM)"]
+    gaps = [interp_frontier(dpo, r["kl"]) - r["gold"] for r in ppo]
+    at = ", ".join(f"{r['kl']:.2f}" for r in ppo)
+    return make_claim("dpo-frontier-vs-ppo", f"at matched KL ({at} nats), DPO earns at least PPO's reward by {res['judge']}, both "
+                      "optimising the same trained RM: value = mean of DPO's frontier − PPO", float(np.mean(gaps)), 0.0, inclusive=True)
 
 # %% ../../nbs/bands/12_dpo.ipynb #c14a8736
 class DPOBand:
@@ -208,7 +261,7 @@ class DPOBand:
     def build_data(self, cfg, policy, tokenizer, out, progress=print): return dpo_data(cfg, policy, tokenizer, progress)
     def rows(self, cfg, data): return dpo_rows(cfg, data)
     def train_row(self, cfg, row, tokenizer, out, trained):
-        res = train_dpo_row(cfg, row, tokenizer, out, trained)
+        res = train_dpo_row(cfg, row, tokenizer, out, trained, self.rm)
         if row.kind == "reward": self.rm = res.model if res.model is not None else load_reward_model(res.final_dir, cfg.dtype)
         return res
 
@@ -241,18 +294,25 @@ def band_tables(res: dict, table_betas: Sequence[float] = (0.1, 0.3)) -> dict:
     return {"policies": main, "win_rate": wins, "best_of_n": bon, "reward_model": rm}
 
 def plot_frontier(res: dict, ax=None, ylabel: str = "gold reward (oracle)"):
-    "Gold reward vs KL(π‖π_ref): DPO per β, best-of-N under the trained RM, and the SFT model."
+    "Gold reward vs KL(π‖π_ref): DPO per β, PPO per KL coefficient, best-of-N under the trained RM, and the SFT model."
     import matplotlib.pyplot as plt
     ax = ax or plt.subplots(figsize=(5.2, 3.6))[1]
     bon = res["best_of_n"]
     ax.plot([b["kl"] for b in bon], [b["gold"] for b in bon], "s--", c="#dd8452", label="best-of-N (trained RM)")
     for b in bon: ax.annotate(f"N={b['n']}", (b["kl"], b["gold"]), textcoords="offset points", xytext=(4, -10), fontsize=7, c="#dd8452")
-    dpo = [r for r in res["policies"] if r["beta"] is not None]
+    dpo = [r for r in res["policies"] if r["beta"] is not None]  # the DPO rows
     xs, ys = [r["kl"] for r in dpo], [r["gold"] for r in dpo]
     yerr = [[r["gold"] - r["gold_ci95"][0] for r in dpo], [r["gold_ci95"][1] - r["gold"] for r in dpo]]
     xerr = [[r["kl"] - r["kl_ci95"][0] for r in dpo], [r["kl_ci95"][1] - r["kl"] for r in dpo]]
     ax.errorbar(xs, ys, yerr=yerr, xerr=xerr, fmt="o", c="#4c72b0", capsize=3, label="DPO")
     for r in dpo: ax.annotate(f"β={r['beta']:g}", (r["kl"], r["gold"]), textcoords="offset points", xytext=(5, 4), fontsize=8, c="#4c72b0")
+    for method, marker, colour, label in (("PPO (RM)", "^", "#55a868", "PPO (trained RM)"), ("PPO (gold)", "*", "#c44e52", "PPO on the gold reward")):
+        ppo = [r for r in res["policies"] if r.get("method") == method]
+        if not ppo: continue
+        ax.errorbar([r["kl"] for r in ppo], [r["gold"] for r in ppo], fmt=marker, c=colour, capsize=3, ms=8 if marker == "*" else 6, label=label,
+                    yerr=[[r["gold"] - r["gold_ci95"][0] for r in ppo], [r["gold_ci95"][1] - r["gold"] for r in ppo]],
+                    xerr=[[r["kl"] - r["kl_ci95"][0] for r in ppo], [r["kl_ci95"][1] - r["kl"] for r in ppo]])
+        for r in ppo: ax.annotate(f"kl={r['kl_coef']:g}", (r["kl"], r["gold"]), textcoords="offset points", xytext=(5, -11), fontsize=7, c=colour)
     sft = res["policies"][0]
     ax.axhline(sft["gold"], c="#999", ls=":", lw=1, label="SFT model")
     ax.set_xlim(left=-0.05); ax.set_xlabel("KL(π ‖ π_SFT), nats (estimated on samples)")

@@ -131,7 +131,8 @@ def run_ppo(cfg: PPOStageConfig,  # the stage config
     "Train `policy` by PPO on `reward_fn`; saves `final/` (policy), `critic/`, `log_history.json` in `cfg.output_dir`."
     t0 = time.perf_counter(); seed_everything(cfg.seed)
     out = Path(cfg.output_dir); out.mkdir(parents=True, exist_ok=True); cfg.to_json(out / "config.json")
-    if not prompts: raise ValueError("PPO needs prompts")
+    if len(prompts) < cfg.rollout_prompts:
+        raise ValueError(f"PPO got {len(prompts)} prompts for rollouts of rollout_prompts={cfg.rollout_prompts}: give more prompts or lower it")
     lora = hasattr(policy, "disable_adapter")
     disable_dropout(policy)
     ref = None if lora else disable_dropout(ref_model if ref_model is not None else copy.deepcopy(policy)).eval().requires_grad_(False)
