@@ -62,3 +62,29 @@ def test_no_eos_score_replaces_the_score_of_unfinished_responses(tmp_path, world
     rec = res.log_history[0]
     assert rec["no_eos"] > 0.9 and rec["score"] == 1.0
     assert rec["shaped_score"] == pytest.approx(1.0 - 2.0 * rec["no_eos"])
+
+
+def test_adapter_critic_shares_the_base_trains_and_resumes(tmp_path, world):
+    "critic='adapter': a second LoRA adapter on the policy's base; the base stays untouched, both adapters train, and a"
+    " run resumed from its checkpoint repeats the uninterrupted one."
+    from selfalign.trainers.ppo import AdapterCritic
+    from selfalign.trainers.stages import reward_model_from
+    sft, tok, train, _, oracle = world
+    spec = LoraSpec(r=8, alpha=16, dropout=0.0)
+    rm = reward_model_from(copy.deepcopy(sft), tok.pad_token_id, lora=spec)  # a LoRA reward model of the same shape
+    torch.nn.init.normal_(rm.base_model.model.score.modules_to_save["default"].weight, std=0.1)
+    make = lambda: apply_lora(copy.deepcopy(sft), spec)
+    c = cfg(tmp_path / "a", max_steps=3, learning_rate=1e-3, critic="adapter", save_steps=2, rollout_prompts=16)
+    probe = AdapterCritic(make(), init=rm)
+    assert torch.equal(probe.score.weight, rm.base_model.model.score.modules_to_save["default"].weight)  # its head and adapter from the RM
+    a = run_ppo(c, make(), tok, train, oracle, critic=rm)
+    assert all(r["vf_loss"] is not None and np.isfinite(r["vf_loss"]) for r in a.log_history)
+    assert (a.final_dir / "adapter_config.json").exists() and not (a.final_dir / "critic").exists()  # the policy's adapter alone
+    assert (a.output_dir / "critic" / "critic" / "adapter_model.safetensors").exists() and (a.output_dir / "critic" / "value_head.safetensors").exists()
+    from safetensors.torch import load_file
+    assert not torch.equal(load_file(a.output_dir / "critic" / "value_head.safetensors")["score.weight"], probe.score.weight)  # it trained
+    base = {k.replace(".base_layer", ""): v for k, v in a.model.get_base_model().state_dict().items() if "lora_" not in k}
+    assert all(torch.equal(v, sft.state_dict()[k]) for k, v in base.items())  # one base, untouched
+    b = run_ppo(c.replace(output_dir=str(tmp_path / "a")), make(), tok, train, oracle, critic=rm, resume_from=tmp_path / "a" / "checkpoint-2")
+    for x, y in zip(a.log_history, b.log_history):
+        for key in ("score", "kl", "pg_loss", "vf_loss"): assert x[key] == pytest.approx(y[key], abs=1e-5), (key, x, y)

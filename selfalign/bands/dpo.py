@@ -41,18 +41,19 @@ class DPOBandConfig(BandConfig):
     disjoint: bool = True  # False: every phase sees every pair (the original scripts' leak)
     sft_steps: int = 30  # SFT phase optimiser steps (0 skips the phase)
     sft_lr: float = 3e-4  # SFT learning rate
-    rm_steps: int = 60  # reward-model steps
+    rm_steps: int = 48  # reward-model steps
     rm_lr: float = 1e-3  # reward-model learning rate
     beta: float = 0.3  # β of the original's scripts: the one the claims are about (one of `betas`)
-    betas: tuple[float, ...] = (0.03, 0.1, 0.3, 1.0)  # β values trained (frontier points)
-    bon_ns: tuple[int, ...] = (1, 2, 4, 8, 16)  # best-of-N sizes
+    betas: tuple[float, ...] = (0.1, 0.3, 1.0)  # β values trained (frontier points)
+    bon_ns: tuple[int, ...] = (1, 2, 4, 8)  # best-of-N sizes
     ppo_kl_coefs: tuple[float, ...] = (0.02, 0.1)  # PPO rows against the trained RM, one per KL coefficient (() for none)
     ppo_gold_kl: float | None = 0.05  # KL coefficient of a PPO row on the judge's own reward, the ceiling (None: no such row)
     ppo_iterations: int = 8  # PPO iterations per row (one rollout of `ppo_rollout_prompts` prompts each)
-    ppo_rollout_prompts: int = 32  # prompts per rollout (one sample each)
+    ppo_rollout_prompts: int = 24  # prompts per rollout (one sample each; 16 made the tiny PPO rows unstable)
     ppo_epochs: int = 1  # passes over each rollout
     ppo_mini_batches: int = 2  # minibatches per pass
-    ppo_lr: float = 2e-4  # PPO's learning rate (policy and critic)
+    ppo_lr: float = 2e-4  # PPO's learning rate (policy and critic), constant
+    gen_batch_size: int = 256  # rows per generation call
     OPTIONAL: ClassVar[tuple[str, ...]] = (*BandConfig.OPTIONAL, "ppo_gold_kl")
 
     def __post_init__(self):
@@ -139,7 +140,7 @@ def dpo_rows(cfg: DPOBandConfig, data: dict) -> list[Row]:
             Row("RM", "reward", data["rm_train"], cfg.train_spec(steps=cfg.rm_steps, lr=cfg.rm_lr), folder="rm")]
     rows += [Row(f"DPO β={b:g}", "preference", data["dpo"], cfg.train_spec(), {"beta": b}, folder=f"dpo-beta{b:g}")
              for b in cfg.betas]
-    ppo = cfg.train_spec(steps=cfg.ppo_iterations, lr=cfg.ppo_lr)
+    ppo = cfg.train_spec(steps=cfg.ppo_iterations, lr=cfg.ppo_lr, lr_scheduler="constant", warmup_steps=0)
     return rows + [Row(name, "ppo", ppo_prompts(data["dpo"]), ppo, {"kl_coef": c, "reward": reward},
                        folder=name.lower().replace(" ", "-").replace("=", "")) for name, c, reward in ppo_row_specs(cfg)]
 
@@ -296,7 +297,7 @@ def band_tables(res: dict, table_betas: Sequence[float] = (0.1, 0.3)) -> dict:
 def plot_frontier(res: dict, ax=None, ylabel: str = "gold reward (oracle)"):
     "Gold reward vs KL(π‖π_ref): DPO per β, PPO per KL coefficient, best-of-N under the trained RM, and the SFT model."
     import matplotlib.pyplot as plt
-    ax = ax or plt.subplots(figsize=(5.2, 3.6))[1]
+    ax = ax or plt.subplots(figsize=(7.2, 3.8))[1]
     bon = res["best_of_n"]
     ax.plot([b["kl"] for b in bon], [b["gold"] for b in bon], "s--", c="#dd8452", label="best-of-N (trained RM)")
     for b in bon: ax.annotate(f"N={b['n']}", (b["kl"], b["gold"]), textcoords="offset points", xytext=(4, -10), fontsize=7, c="#dd8452")
@@ -316,7 +317,8 @@ def plot_frontier(res: dict, ax=None, ylabel: str = "gold reward (oracle)"):
     sft = res["policies"][0]
     ax.axhline(sft["gold"], c="#999", ls=":", lw=1, label="SFT model")
     ax.set_xlim(left=-0.05); ax.set_xlabel("KL(π ‖ π_SFT), nats (estimated on samples)")
-    ax.set_ylabel(ylabel); ax.set_title("Reward–KL frontier"); ax.legend(fontsize=8, loc="best")
+    ax.set_ylabel(ylabel); ax.set_title("Reward–KL frontier")
+    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0)); ax.figure.tight_layout()
     return ax.figure
 
 def plot_curves(res: dict):

@@ -13,7 +13,8 @@ from pathlib import Path
 from typing import Callable, Sequence
 
 # %% auto #0
-__all__ = ['PPOStageConfig', 'disable_dropout', 'Rollout', 'pack', 'response_logps', 'token_values', 'RunningMoments', 'run_ppo']
+__all__ = ['PPOStageConfig', 'disable_dropout', 'Rollout', 'pack', 'response_logps', 'token_values', 'AdapterCritic',
+           'RunningMoments', 'run_ppo']
 
 # %% ../../nbs/trainers/60_ppo.ipynb #e927cf6a
 import torch
@@ -51,11 +52,13 @@ class PPOStageConfig(TrainStageConfig):
     normalize_scores: bool = False  # divide scores by the running standard deviation of all scores so far
     score_clip: float | None = None  # clip (normalised) scores to ±this
     critic_warmup_steps: int = 0  # iterations that train only the critic
+    critic: str = "model"  # "model": a copy of the reward model (or the policy's backbone) trained in full; "adapter": a second LoRA adapter on a LoRA policy's own base
     gen_batch_size: int = 64  # rows per generation call
 
     def __post_init__(self):
         if self.max_steps <= 0: raise ValueError("PPO needs max_steps > 0 (iterations)")
         if self.kl_estimator not in KL_ESTIMATORS: raise ValueError(f"kl_estimator must be one of {KL_ESTIMATORS}")
+        if self.critic not in ("model", "adapter"): raise ValueError(f"critic must be 'model' or 'adapter', got {self.critic!r}")
         if self.rollout_prompts % self.mini_batches: raise ValueError(f"rollout_prompts {self.rollout_prompts} must split into mini_batches {self.mini_batches}")
 
 # %% ../../nbs/trainers/60_ppo.ipynb #589b8b19
@@ -101,9 +104,68 @@ def response_logps(model, ro: Rollout, temperature: float, with_entropy: bool = 
 
 def token_values(critic, ro: Rollout) -> torch.Tensor:
     "(B, T) the critic's value of the state before each response token (its scalar head at every position)."
-    base = getattr(critic, critic.base_model_prefix)
-    h = base(input_ids=ro.input_ids, attention_mask=ro.attention_mask, use_cache=False).last_hidden_state
-    return critic.score(h).squeeze(-1).float().gather(1, ro.pos) * ro.mask
+    if isinstance(critic, AdapterCritic): v = critic(ro.input_ids, ro.attention_mask)
+    else:
+        base = getattr(critic, critic.base_model_prefix)
+        v = critic.score(base(input_ids=ro.input_ids, attention_mask=ro.attention_mask, use_cache=False).last_hidden_state).squeeze(-1)
+    return v.float().gather(1, ro.pos) * ro.mask
+
+class AdapterCritic(torch.nn.Module):
+    """The critic as a second LoRA adapter on a LoRA policy's own base, with a scalar value head: one copy of the base
+    weights serves the policy (its adapter), the reference (adapters disabled) and the critic (this adapter). Started
+    from a reward model that is a LoRA adapter of the same shape (e.g. trained on the same base), it takes that
+    adapter's weights and head; from a full reward model, its head only (the backbones differ); else zero."""
+    def __init__(self, policy, init=None, name: str = "critic"):
+        super().__init__()
+        from peft import get_peft_model_state_dict, set_peft_model_state_dict
+        self._policy, self.name, self.main = [policy], name, policy.active_adapter  # a list: the policy is not a submodule
+        spec = policy.peft_config[self.main]
+        policy.add_adapter(name, copy.deepcopy(spec))
+        disable_dropout(policy)  # the new adapter's dropout too
+        base = policy.get_base_model()
+        self.score = torch.nn.Linear(base.config.hidden_size, 1, bias=False, dtype=base.dtype)
+        torch.nn.init.zeros_(self.score.weight)
+        if init is not None:
+            sd = get_peft_model_state_dict(init) if hasattr(init, "peft_config") else init.state_dict()
+            lora = {k: v for k, v in sd.items() if "lora_" in k}
+            other = getattr(init, "peft_config", {}).get(getattr(init, "active_adapter", None))
+            if lora and other is not None and (other.r, set(other.target_modules)) == (spec.r, set(spec.target_modules)):
+                set_peft_model_state_dict(policy, lora, adapter_name=name)
+            head = next((v for k, v in sd.items() if k.endswith("score.weight")), None)
+            if head is not None and head.shape == self.score.weight.shape:
+                with torch.no_grad(): self.score.weight.copy_(head)
+        named = list(policy.named_parameters())
+        self._own = [p for n, p in named if f".{name}." in n]
+        self._main = [p for n, p in named if f".{self.main}." in n]
+        self._use(self.main)
+
+    def _use(self, adapter: str):
+        "Make `adapter` the active one; peft then freezes the other, so both are made trainable again."
+        self._policy[0].set_adapter(adapter)
+        for p in self._own + self._main: p.requires_grad_(True)
+
+    def forward(self, input_ids, attention_mask):
+        base = self._policy[0].get_base_model()
+        self._use(self.name)
+        try: h = getattr(base, base.base_model_prefix)(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).last_hidden_state
+        finally: self._use(self.main)
+        return self.score(h).squeeze(-1)
+
+    def named_parameters(self, prefix: str = "", recurse: bool = True, remove_duplicate: bool = True):
+        yield prefix + "score.weight", self.score.weight
+        for n, p in self._policy[0].named_parameters():
+            if f".{self.name}." in n: yield prefix + n, p
+
+    def load_state_dict(self, state_dict, strict: bool = True, assign: bool = False):
+        params = dict(self.named_parameters())
+        if strict and set(params) != set(state_dict): raise KeyError(f"critic state mismatch: {sorted(set(params) ^ set(state_dict))[:3]}")
+        with torch.no_grad():
+            for k, v in state_dict.items(): params[k].copy_(v)
+
+    def save_pretrained(self, folder):
+        "The critic's adapter (under `folder/<name>/`) and its head (`folder/value_head.safetensors`)."
+        self._policy[0].save_pretrained(folder, selected_adapters=[self.name])
+        save_file({"score.weight": self.score.weight.detach().contiguous()}, Path(folder) / "value_head.safetensors")
 
 class RunningMoments:
     "Running mean and standard deviation of every score seen (Chan et al.'s parallel update)."
@@ -136,12 +198,16 @@ def run_ppo(cfg: PPOStageConfig,  # the stage config
     lora = hasattr(policy, "disable_adapter")
     disable_dropout(policy)
     ref = None if lora else disable_dropout(ref_model if ref_model is not None else copy.deepcopy(policy)).eval().requires_grad_(False)
-    if critic is not None: critic = copy.deepcopy(critic)
+    if cfg.critic == "adapter":
+        if not lora: raise ValueError("critic='adapter' needs a LoRA policy: the critic is a second adapter on its base")
+        critic = AdapterCritic(policy, init=critic)
+    elif critic is not None: critic = copy.deepcopy(critic)
     else:  # the policy's own backbone (a LoRA policy's adapter is merged into a copy first) with a zero head
         critic = reward_model_from(copy.deepcopy(policy).merge_and_unload() if lora else policy, tokenizer.pad_token_id)
     disable_dropout(critic)
     critic.requires_grad_(True)
-    pol_params = [p for p in policy.parameters() if p.requires_grad]
+    own = {id(p) for p in critic.parameters()}  # an adapter critic's weights live in the policy too
+    pol_params = [p for p in policy.parameters() if p.requires_grad and id(p) not in own]
     opt = torch.optim.AdamW([{"params": pol_params, "lr": cfg.learning_rate},
                              {"params": list(critic.parameters()), "lr": cfg.critic_lr or cfg.learning_rate}],
                             weight_decay=cfg.weight_decay, betas=(0.9, cfg.adam_beta2), eps=1e-5)
@@ -225,7 +291,8 @@ def run_ppo(cfg: PPOStageConfig,  # the stage config
         if cfg.save_steps > 0 and (it + 1) % cfg.save_steps == 0 and it + 1 < cfg.max_steps:
             _save_checkpoint(out / f"checkpoint-{it + 1}", it + 1, hist, moments, policy, critic, opt, sched)
     policy.eval(); critic.eval()
-    policy.save_pretrained(out / "final"); tokenizer.save_pretrained(out / "final"); critic.save_pretrained(out / "critic")
+    policy.save_pretrained(out / "final", **({"selected_adapters": [critic.main]} if isinstance(critic, AdapterCritic) else {}))
+    tokenizer.save_pretrained(out / "final"); critic.save_pretrained(out / "critic")
     counts = {"prompts": len(prompts), "iterations": cfg.max_steps, "rollout_prompts": cfg.rollout_prompts}
     atomic_write_json(out / "log_history.json", {"counts": counts, "log_history": hist})
     return StageResult(out, policy, hist, counts, time.perf_counter() - t0)
