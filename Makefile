@@ -71,9 +71,8 @@ install-browser:  ## Debian's chromium (the docs site's browser test); skipped w
 reproduce: install  ## the main job: every paper at the tiny scale, into runs/
 	$(BIN)/selfalign reproduce all --scale tiny --out runs
 
-TEST_WORKERS ?= 2
-test: install install-small install-vllm install-docs install-browser  ## the test suite (executes every notebook), on TEST_WORKERS processes of one thread each
-	OMP_NUM_THREADS=1 SELFALIGN_REQUIRE_VLLM=1 $(BIN)/python -m pytest -n $(TEST_WORKERS)
+test: install install-small install-vllm install-docs install-browser  ## the test suite (executes every notebook)
+	SELFALIGN_REQUIRE_VLLM=1 $(BIN)/python -m pytest
 
 lab: install  ## JupyterLab on localhost with the `selfalign` kernel (open nbs/ or papers/)
 	$(BIN)/jupyter lab --ip=127.0.0.1 --no-browser --ServerApp.root_dir=$(CURDIR)

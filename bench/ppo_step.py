@@ -1,7 +1,8 @@
 """PPO iteration cost, ours against the last TRL PPO (`trl.experimental.ppo.PPOTrainer`, trl 1.12), side by side in one
 run: the same model, prompts, batch shape (rollouts of `--prompts` prompts, 2 minibatches, `--epochs` PPO epochs),
 response length, reward model (a scalar head on the world's base-large, or on SmolLM2) and critic (a copy of that reward
-model), full fine-tuning and LoRA (reference = the disabled adapter in both).
+model), full fine-tuning and LoRA (reference = the disabled adapter in both). Ours also runs `lora-adapter`: the critic
+as a second LoRA adapter on the policy's own base (`critic="adapter"`) instead of a full copy of the reward model.
 
 Every configuration runs in its own process (`--one`), so its peak RSS is its own. trl 1.12 is installed once with
 `pip install --no-deps --target bench/.cache/trl-1.12` and put in front of our trl 1.16 only in the TRL processes: it
@@ -59,7 +60,7 @@ def _setup(model: str, prompts: int, iterations: int):
 
 def _lora(mode: str):
     from selfalign.models.loader import LoraSpec
-    return LoraSpec(r=16, alpha=32, dropout=0.0) if mode == "lora" else None
+    return LoraSpec(r=16, alpha=32, dropout=0.0) if mode.startswith("lora") else None
 
 
 def run_ours(model: str, mode: str, a) -> dict:
@@ -68,12 +69,13 @@ def run_ours(model: str, mode: str, a) -> dict:
     from selfalign.trainers.ppo import PPOStageConfig, run_ppo
     from selfalign.trainers.stages import reward_scores
     policy, tok, rm, texts = _setup(model, a.prompts, a.iterations)
-    if mode == "lora": policy = apply_lora(policy, _lora(mode))
+    if mode.startswith("lora"): policy = apply_lora(policy, _lora(mode))
     reward = lambda prompts, responses: reward_scores(rm, tok, prompts, responses)
     with tempfile.TemporaryDirectory() as d:
         cfg = PPOStageConfig(output_dir=d, max_steps=a.iterations, rollout_prompts=a.prompts, ppo_epochs=a.epochs, mini_batches=2,
                              learning_rate=2e-5, max_new_tokens=SIZES[model]["max_new_tokens"], temperature=1.0, kl_coef=0.05,
-                             seed=0, lr_scheduler_type="constant", gen_batch_size=a.prompts)
+                             seed=0, lr_scheduler_type="constant", gen_batch_size=a.prompts,
+                             critic="adapter" if mode == "lora-adapter" else "model")
         t = time.perf_counter(); res = run_ppo(cfg, policy, tok, texts, reward, critic=rm); wall = time.perf_counter() - t
     h = res.log_history
     return {"iteration_s": wall / a.iterations, **{k: sum(r[k] for r in h) / len(h) for k in PHASES},
@@ -96,7 +98,7 @@ def run_trl(model: str, mode: str, a) -> dict:
                          num_ppo_epochs=a.epochs, total_episodes=a.prompts * a.iterations, response_length=SIZES[model]["max_new_tokens"],
                          temperature=1.0, learning_rate=2e-5, kl_coef=0.05, stop_token="eos", local_rollout_forward_batch_size=a.prompts,
                          num_sample_generations=0, report_to="none", save_strategy="no", use_cpu=True, seed=0,
-                         lr_scheduler_type="constant", logging_steps=1, dataloader_num_workers=0)
+                         lr_scheduler_type="constant", logging_steps=1, dataloader_num_workers=0, bf16=False)
         trainer = PPOTrainer(args=args, processing_class=tok, model=policy, ref_model=None if mode == "lora" else copy.deepcopy(policy),
                              reward_model=rm, value_model=copy.deepcopy(rm), train_dataset=ds, eval_dataset=ds.select(range(2)),
                              peft_config=_lora(mode).to_peft() if mode == "lora" else None)
@@ -135,7 +137,7 @@ def main():
     specs = []
     for model in a.models.split(","):
         for mode in (("full", "lora") if model == "tiny" else ("lora",)):
-            specs += [f"ours:{model}:{mode}"] + ([] if why else [f"trl:{model}:{mode}"])
+            specs += [f"ours:{model}:{mode}"] + ([f"ours:{model}:lora-adapter"] if mode == "lora" else []) + ([] if why else [f"trl:{model}:{mode}"])
     rows = []
     for spec in specs:
         env = {**os.environ, **({"PYTHONPATH": str(TRL_DIR)} if spec.startswith("trl:") else {})}
@@ -145,7 +147,8 @@ def main():
         if r.returncode or not line: raise SystemExit(f"{spec} failed:\n{r.stderr[-3000:]}")
         rows.append(json.loads(line[0][4:])); print(spec, "done", flush=True)
     for r in rows:  # ours against TRL on the same model and mode
-        other = next((o for o in rows if o["impl"] != r["impl"] and o["model"] == r["model"] and o["mode"] == r["mode"]), None)
+        mode = "lora" if r["mode"] == "lora-adapter" else r["mode"]  # our adapter critic against TRL's LoRA run
+        other = next((o for o in rows if o["impl"] == "trl" and o["model"] == r["model"] and o["mode"] == mode), None)
         if r["impl"] == "ours" and other:
             r["speedup_vs_trl"] = other["iteration_s"] / r["iteration_s"]; r["rss_vs_trl"] = r["peak_rss_mb"] / other["peak_rss_mb"]
     cols = ["impl", "model", "mode", "iteration_s", *PHASES, "prompts_per_s", "peak_rss_mb", "speedup_vs_trl", "rss_vs_trl"]

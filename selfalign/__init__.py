@@ -2,6 +2,7 @@
 
 Modules:
 
+- `selfalign.bands.almost`: ALMoST (Kim et al., 2023, "Aligning Large Language Models through Synthetic Feedback", arXiv:2305.13735; `naver-ai/ALMoST`): preferences without human labels, from a rule of thumb about prompted configurations — a larger model beats a smaller one, more demonstrations beat fewer, better demonstrations beat worse — filtered by a length heuristic; a reward model trained on them; RM-guided self-play for demonstrations; RL from the synthetic reward.
 - `selfalign.bands.base`: What every paper band shares: `BandConfig` (one name per setting across all bands) with a `TrainSpec` per trained row, the prompt sources and judges a config names, the policy loader, and the one driver that runs any `Band` — build data, train each row into its own checkpoint, evaluate rows one at a time, state the claims.
 - `selfalign.bands.self_contrast`: Self-Contrast (THUDM): sample many responses from the SFT model, embed them, keep as negatives those least like the SFT target, and train DPO with one target against k negatives. The band reproduces the paper's figure — win rate against the SFT target as the number of negatives grows — with SFT, DPO_std and SPIN as baselines, and the filter ablation.
 - `selfalign.cli`: The `selfalign` command: run paper reproductions with papermill.

@@ -131,7 +131,7 @@ def test_band_runs_its_stages_as_two_ranks(tmp_path):
     from selfalign.bands.base import run_band
     from selfalign.bands.dpo import DPOBand, DPOBandConfig
     cfg = DPOBandConfig(n_prompts=120, n_eval=40, sft_steps=4, rm_steps=8, steps=6, betas=(0.1, 0.3), bon_ns=(1, 2), max_new_tokens=32,
-                        launcher="accelerate", num_processes=2)
+                        launcher="accelerate", num_processes=2, ppo_kl_coefs=(), ppo_gold_kl=None)  # PPO rows train in-process
     res = run_band(DPOBand(), cfg, tmp_path, progress=lambda s: None)
     for stage in ("sft", "rm", "dpo-beta0.1", "dpo-beta0.3"):
         recs = rank_records(tmp_path / stage)

@@ -47,7 +47,7 @@ class DPOBandConfig(BandConfig):
     betas: tuple[float, ...] = (0.1, 0.3, 1.0)  # β values trained (frontier points)
     bon_ns: tuple[int, ...] = (1, 2, 4, 8)  # best-of-N sizes
     ppo_kl_coefs: tuple[float, ...] = (0.02, 0.1)  # PPO rows against the trained RM, one per KL coefficient (() for none)
-    ppo_gold_kl: float | None = 0.05  # KL coefficient of a PPO row on the judge's own reward, the ceiling (None: no such row)
+    ppo_gold_kl: float | None = 0.05  # KL coefficient of a PPO row on the judge's own reward, the ceiling (None, or judge "rm": no such row)
     ppo_iterations: int = 8  # PPO iterations per row (one rollout of `ppo_rollout_prompts` prompts each)
     ppo_rollout_prompts: int = 24  # prompts per rollout (one sample each; 16 made the tiny PPO rows unstable)
     ppo_epochs: int = 1  # passes over each rollout
@@ -61,8 +61,7 @@ class DPOBandConfig(BandConfig):
         if self.beta not in self.betas: raise ValueError(f"beta {self.beta} must be one of betas {self.betas}")
         if self.judge not in ("oracle", "proxy", "rm"): raise ValueError(f"judge must be oracle, proxy or rm, got {self.judge!r}")
         if self.judge == "rm" and self.pairs == "sampled": raise ValueError("sampled pairs need a judge other than the RM they train")
-        if self.judge == "rm" and self.ppo_gold_kl is not None:
-            raise ValueError("ppo_gold_kl: with judge 'rm' the gold reward is the trained RM, which the PPO rows already optimise; set it to null")
+
 
 # %% ../../nbs/bands/12_dpo.ipynb #d77504df
 def band_prompts(cfg: DPOBandConfig, tokenizer, n: int, split: str) -> list[BandPrompt]:
@@ -131,7 +130,8 @@ def ppo_prompts(pairs: Sequence[PreferencePair]) -> list[BandPrompt]:
 def ppo_row_specs(cfg: DPOBandConfig) -> list[tuple[str, float, str]]:
     "(name, KL coefficient, reward) of each PPO row: one per `ppo_kl_coefs` on the trained RM, then the gold-reward ceiling."
     rows = [(f"PPO kl={c:g}", c, "rm") for c in cfg.ppo_kl_coefs]
-    return rows + ([(f"PPO gold kl={cfg.ppo_gold_kl:g}", cfg.ppo_gold_kl, "gold")] if cfg.ppo_gold_kl is not None else [])
+    gold = cfg.ppo_gold_kl is not None and cfg.judge != "rm"  # judged by the RM, the RM rows are the gold rows
+    return rows + ([(f"PPO gold kl={cfg.ppo_gold_kl:g}", cfg.ppo_gold_kl, "gold")] if gold else [])
 
 def dpo_rows(cfg: DPOBandConfig, data: dict) -> list[Row]:
     "An SFT row, a reward-model row, one DPO row per β, then the PPO rows (each policy from the SFT row)."

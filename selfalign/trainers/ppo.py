@@ -152,11 +152,13 @@ class AdapterCritic(torch.nn.Module):
         return self.score(h).squeeze(-1)
 
     def named_parameters(self, prefix: str = "", recurse: bool = True, remove_duplicate: bool = True):
+        "The value head and this adapter's weights (not the shared base's, nor the policy's adapter)."
         yield prefix + "score.weight", self.score.weight
         for n, p in self._policy[0].named_parameters():
             if f".{self.name}." in n: yield prefix + n, p
 
     def load_state_dict(self, state_dict, strict: bool = True, assign: bool = False):
+        "Copy saved weights (as `named_parameters` names them) into the head and the adapter."
         params = dict(self.named_parameters())
         if strict and set(params) != set(state_dict): raise KeyError(f"critic state mismatch: {sorted(set(params) ^ set(state_dict))[:3]}")
         with torch.no_grad():
