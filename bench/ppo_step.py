@@ -5,8 +5,9 @@ model), full fine-tuning and LoRA (reference = the disabled adapter in both). Ou
 as a second LoRA adapter on the policy's own base (`critic="adapter"`) instead of a full copy of the reward model.
 
 Every configuration runs in its own process (`--one`), so its peak RSS is its own. trl 1.12 is installed once with
-`pip install --no-deps --target bench/.cache/trl-1.12` and put in front of our trl 1.16 only in the TRL processes: it
-imports against our pinned torch / transformers / accelerate / peft. Our rows also give the split of an iteration into
+`pip install --no-deps --target bench/.cache/trl-1.12`; a TRL process builds the models with selfalign (our trl 1.16
+loaded), then drops trl from `sys.modules` and imports trl 1.12 from that folder for its `PPOTrainer`: it runs on our
+pinned torch / transformers / accelerate / peft. Our rows also give the split of an iteration into
 rollout / reference (the rollout policy's and the reference's log-probs, the critic's values) / scoring / training.
 
 Prints a table and writes bench/results/ppo_step.json.
@@ -83,12 +84,13 @@ def run_ours(model: str, mode: str, a) -> dict:
 
 
 def run_trl(model: str, mode: str, a) -> dict:
-    import torch
     from datasets import Dataset
-    from trl.experimental.ppo import PPOConfig, PPOTrainer
+    policy, tok, rm, texts = _setup(model, a.prompts, a.iterations)  # with our trl (selfalign imports it)
+    for name in [m for m in sys.modules if m == "trl" or m.startswith("trl.")]: del sys.modules[name]
+    sys.path.insert(0, str(TRL_DIR))  # then trl 1.12, for its PPOTrainer only
     import trl
+    from trl.experimental.ppo import PPOConfig, PPOTrainer
     assert trl.__version__.startswith("1.12"), trl.__version__
-    policy, tok, rm, texts = _setup(model, a.prompts, a.iterations)
     tok.padding_side = "left"
     ids = [tok(t, add_special_tokens=False)["input_ids"] for t in texts]
     if getattr(tok, "bos_token_id", None) is not None and model == "tiny": ids = [[tok.bos_token_id] + i for i in ids]
@@ -140,9 +142,8 @@ def main():
             specs += [f"ours:{model}:{mode}"] + ([f"ours:{model}:lora-adapter"] if mode == "lora" else []) + ([] if why else [f"trl:{model}:{mode}"])
     rows = []
     for spec in specs:
-        env = {**os.environ, **({"PYTHONPATH": str(TRL_DIR)} if spec.startswith("trl:") else {})}
         r = subprocess.run([sys.executable, __file__, "--one", spec, "--iterations", str(a.iterations), "--prompts", str(a.prompts),
-                            "--epochs", str(a.epochs)], capture_output=True, text=True, env=env)
+                            "--epochs", str(a.epochs)], capture_output=True, text=True)
         line = [l for l in r.stdout.splitlines() if l.startswith("ROW ")]
         if r.returncode or not line: raise SystemExit(f"{spec} failed:\n{r.stderr[-3000:]}")
         rows.append(json.loads(line[0][4:])); print(spec, "done", flush=True)
