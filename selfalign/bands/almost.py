@@ -47,7 +47,7 @@ def comparisons(prompt: str,  # the query (as the reward model will see it)
     pairs, chosen, chosen_ranks = [], set(), set()
     for better, worse in itertools.combinations(cands, 2):
         if better in chosen or ranks[better] in chosen_ranks: continue
-        if length_filter and len(kept[better]) < len(kept[worse]) and not len(kept[better]) >= floor: continue
+        if length_filter and len(kept[better]) < len(kept[worse]) and len(kept[better]) < floor: continue
         if ranks[better] == ranks[worse]: continue
         pairs.append(PreferencePair(prompt, kept[better], kept[worse], meta={"chosen_config": better, "rejected_config": worse}))
         chosen.add(better); chosen_ranks.add(ranks[better])

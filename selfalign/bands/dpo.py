@@ -62,7 +62,6 @@ class DPOBandConfig(BandConfig):
         if self.judge not in ("oracle", "proxy", "rm"): raise ValueError(f"judge must be oracle, proxy or rm, got {self.judge!r}")
         if self.judge == "rm" and self.pairs == "sampled": raise ValueError("sampled pairs need a judge other than the RM they train")
 
-
 # %% ../../nbs/bands/12_dpo.ipynb #d77504df
 def band_prompts(cfg: DPOBandConfig, tokenizer, n: int, split: str) -> list[BandPrompt]:
     "`n` prompts of `split` ('train' or 'test') from the config's prompt source, rendered for the policy."
@@ -140,8 +139,8 @@ def dpo_rows(cfg: DPOBandConfig, data: dict) -> list[Row]:
             Row("RM", "reward", data["rm_train"], cfg.train_spec(steps=cfg.rm_steps, lr=cfg.rm_lr), folder="rm")]
     rows += [Row(f"DPO β={b:g}", "preference", data["dpo"], cfg.train_spec(), {"beta": b}, folder=f"dpo-beta{b:g}")
              for b in cfg.betas]
-    ppo = cfg.train_spec(steps=cfg.ppo_iterations, lr=cfg.ppo_lr, lr_scheduler="constant", warmup_steps=0)
-    return rows + [Row(name, "ppo", ppo_prompts(data["dpo"]), ppo, {"kl_coef": c, "reward": reward},
+    ppo, prompts = cfg.train_spec(steps=cfg.ppo_iterations, lr=cfg.ppo_lr, lr_scheduler="constant", warmup_steps=0), ppo_prompts(data["dpo"])
+    return rows + [Row(name, "ppo", prompts, ppo, {"kl_coef": c, "reward": reward},
                        folder=name.lower().replace(" ", "-").replace("=", "")) for name, c, reward in ppo_row_specs(cfg)]
 
 def train_ppo_row(cfg: DPOBandConfig, row: Row, tokenizer, out: Path, trained: dict, rm) -> StageResult:
@@ -301,19 +300,15 @@ def plot_frontier(res: dict, ax=None, ylabel: str = "gold reward (oracle)"):
     bon = res["best_of_n"]
     ax.plot([b["kl"] for b in bon], [b["gold"] for b in bon], "s--", c="#dd8452", label="best-of-N (trained RM)")
     for b in bon: ax.annotate(f"N={b['n']}", (b["kl"], b["gold"]), textcoords="offset points", xytext=(4, -10), fontsize=7, c="#dd8452")
-    dpo = [r for r in res["policies"] if r["beta"] is not None]  # the DPO rows
-    xs, ys = [r["kl"] for r in dpo], [r["gold"] for r in dpo]
-    yerr = [[r["gold"] - r["gold_ci95"][0] for r in dpo], [r["gold_ci95"][1] - r["gold"] for r in dpo]]
-    xerr = [[r["kl"] - r["kl_ci95"][0] for r in dpo], [r["kl_ci95"][1] - r["kl"] for r in dpo]]
-    ax.errorbar(xs, ys, yerr=yerr, xerr=xerr, fmt="o", c="#4c72b0", capsize=3, label="DPO")
-    for r in dpo: ax.annotate(f"β={r['beta']:g}", (r["kl"], r["gold"]), textcoords="offset points", xytext=(5, 4), fontsize=8, c="#4c72b0")
-    for method, marker, colour, label in (("PPO (RM)", "^", "#55a868", "PPO (trained RM)"), ("PPO (gold)", "*", "#c44e52", "PPO on the gold reward")):
-        ppo = [r for r in res["policies"] if r.get("method") == method]
-        if not ppo: continue
-        ax.errorbar([r["kl"] for r in ppo], [r["gold"] for r in ppo], fmt=marker, c=colour, capsize=3, ms=8 if marker == "*" else 6, label=label,
-                    yerr=[[r["gold"] - r["gold_ci95"][0] for r in ppo], [r["gold_ci95"][1] - r["gold"] for r in ppo]],
-                    xerr=[[r["kl"] - r["kl_ci95"][0] for r in ppo], [r["kl_ci95"][1] - r["kl"] for r in ppo]])
-        for r in ppo: ax.annotate(f"kl={r['kl_coef']:g}", (r["kl"], r["gold"]), textcoords="offset points", xytext=(5, -11), fontsize=7, c=colour)
+    for method, marker, colour, label, tag in (("DPO", "o", "#4c72b0", "DPO", lambda r: f"β={r['beta']:g}"),
+                                               ("PPO (RM)", "^", "#55a868", "PPO (trained RM)", lambda r: f"kl={r['kl_coef']:g}"),
+                                               ("PPO (gold)", "*", "#c44e52", "PPO on the gold reward", lambda r: f"kl={r['kl_coef']:g}")):
+        pts = [r for r in res["policies"] if r["method"] == method]  # each point with its 95% CIs on both axes
+        if not pts: continue
+        ax.errorbar([r["kl"] for r in pts], [r["gold"] for r in pts], fmt=marker, c=colour, capsize=3, ms=8 if marker == "*" else 6, label=label,
+                    yerr=[[r["gold"] - r["gold_ci95"][0] for r in pts], [r["gold_ci95"][1] - r["gold"] for r in pts]],
+                    xerr=[[r["kl"] - r["kl_ci95"][0] for r in pts], [r["kl_ci95"][1] - r["kl"] for r in pts]])
+        for r in pts: ax.annotate(tag(r), (r["kl"], r["gold"]), textcoords="offset points", xytext=(5, 4), fontsize=7, c=colour)
     sft = res["policies"][0]
     ax.axhline(sft["gold"], c="#999", ls=":", lw=1, label="SFT model")
     ax.set_xlim(left=-0.05); ax.set_xlabel("KL(π ‖ π_SFT), nats (estimated on samples)")
