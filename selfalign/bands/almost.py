@@ -13,7 +13,12 @@ import itertools
 from typing import Sequence
 
 # %% auto #0
-__all__ = ['rubric_ranks', 'comparisons', 'synthetic_comparisons', 'clean_response', 'extract_query', 'bad_query']
+__all__ = ['PG_INSTRUCTION', 'HHH_ASPECTS', 'rubric_ranks', 'comparisons', 'synthetic_comparisons', 'clean_response',
+           'extract_query', 'bad_query', 'parse_rubric', 'config_parts', 'ALMoSTBandConfig', 'check_inputs',
+           'seed_queries', 'pg_prompt', 'generate_queries', 'demonstrations', 'render_query', 'cut_response',
+           'configuration_responses', 'label_accuracy', 'rubric_configs', 'rm_pairs', 'rmsp', 'almost_rows',
+           'hhh_items', 'hhh_accuracy', 'mc_items', 'mc1_accuracy', 'evaluate_almost', 'almost_claims', 'pair_accuracy',
+           'ALMoSTBand', 'almost_tables', 'plot_almost']
 
 # %% ../../nbs/bands/30_almost.ipynb #7e7eaf0b
 import numpy as np
@@ -90,3 +95,489 @@ def bad_query(query: str,  # an extracted query (not empty)
     ends = query[-1] in string.punctuation
     if len(query) < min_chars and not ends: return True
     return len(query) > max_chars and (ends if original_bug else not ends)
+
+# %% ../../nbs/bands/30_almost.ipynb #9388641a
+from dataclasses import asdict, dataclass, field
+import json, random
+from functools import partial
+from pathlib import Path
+from typing import ClassVar
+from ..core.base import RunDir, make_claim, seed_everything
+from ..data.records import DataError, SFTExample
+from ..eval.policy import best_of_n, estimate, sample_policy, win_outcomes
+from ..judges.base import BandPrompt, prefer_scores
+from ..judges.selfjudge import two_order_scores
+from ..objectives.logps import completion_logps
+from ..trainers.stages import RewardStageConfig, SFTStageConfig, StageResult, load_reward_model, reward_model_from, reward_scores
+from ..world import base as W
+from .base import (BandConfig, Row, load_checkpoint, load_policy, make_judge, merged, prompt_source, rm_judge,
+                                  round_rows, train_ppo_row, train_stage)
+
+# %% ../../nbs/bands/30_almost.ipynb #0f347f34
+def parse_rubric(text: str) -> list[str | list[str]]:
+    "A rubric string (`a > b, c > d`) as `synthetic_comparisons` takes it: `['a', ['b', 'c'], 'd']`."
+    ranks = [[n.strip() for n in part.split(",")] for part in text.split(">")]
+    if not text.strip() or any(not n for r in ranks for n in r): raise ValueError(f"rubric {text!r}: empty configuration name (write 'a > b, c')")
+    rubric = [r[0] if len(r) == 1 else r for r in ranks]
+    rubric_ranks(rubric)  # names appear once
+    return rubric
+
+def config_parts(name: str) -> tuple[str, str, int]:
+    "`(model, quality, shots)` of a configuration name `<model>-<good|bad>-<k>shot`."
+    m = re.fullmatch(r"(?P<model>.+)-(?P<quality>good|bad)-(?P<k>\d+)shot", name)
+    if not m: raise ValueError(f"configuration {name!r} is not named <model>-<good|bad>-<k>shot, e.g. base-large-good-3shot")
+    return m["model"], m["quality"], int(m["k"])
+
+@dataclass(frozen=True)
+class ALMoSTBandConfig(BandConfig):
+    "The ALMoST band: PG, RG under prompted configurations, CS by a rubric, the synthetic RM, RMSP → ALMoST-SFT, RLSF → ALMoST-PPO."
+    policy: str = "world:base-large"  # the base model: it writes the queries, RMSP's demonstrations, and ALMoST-SFT starts from it
+    baseline: str = "world:sft"  # SFT on (human) demonstrations: Alpaca's stand-in in the comparisons
+    n_prompts: int = 300  # queries PG writes (each answered by every configuration)
+    template: str = "world"  # "world" (USER:/ASSISTANT: dialogues) or "hhh" (the original's Human:/Assistant: text with ----- separators)
+    models: dict = field(default_factory=lambda: {"base-large": "world:base-large", "base-small": "world:base-small"})  # model name → policy
+    rubric: str = "base-large-good-3shot > base-small-good-3shot > base-small-bad-3shot"  # best first; "," ties (the README's shape: size, then quality)
+    ablations: dict = field(default_factory=lambda: {
+        "size only": "base-large-good-3shot > base-small-good-3shot", "shots only": "base-large-good-3shot > base-large-good-1shot",
+        "quality only": "base-large-good-3shot > base-large-bad-3shot"})  # one rule of thumb each, scored beside the main rubric
+    seeds_file: str | None = None  # seed queries, one per line after an instruction line (None: world / vendored prompts)
+    n_seeds: int = 40  # seed queries drawn when there is no seeds file
+    queries_file: str | None = None  # PG's output to reuse, one query per line (None: run PG)
+    responses_dir: str | None = None  # RG's output to reuse: `<configuration>.json` lists aligned with the queries (None: run RG)
+    pg_shots: int = 10  # seed / mined queries in each PG prompt
+    pg_temperature: float = 1.2  # PG sampling (the original: 1.2, top-p 0.9)
+    pg_top_p: float = 0.9
+    pg_max_new_tokens: int = 24  # longest query (the original: 64)
+    pg_rouge_max: float = 0.85  # reject a query whose ROUGE-L F with any earlier one reaches this (the original: 0.5)
+    min_chars: int = 10  # RG: shorter responses are rejected (the original: 50 characters)
+    rg_top_p: float = 0.9  # RG and RMSP nucleus sampling (the original: temperature 1.0, top-p 0.9)
+    length_filter: bool = True  # CS's heuristic length filter
+    reward_init: str = "world:base-large"  # the synthetic RM's backbone (the original: the base LLaMA)
+    rm_steps: int = 48  # reward-model steps
+    rm_lr: float = 1e-3  # reward-model learning rate
+    rmsp_queries: int = 160  # queries RMSP samples for
+    rmsp_n: int = 8  # samples per query from the best configuration
+    bon_ns: tuple[int, ...] = (1, 2, 4, 8)  # best-of-N curve (each ≤ rmsp_n)
+    sft_steps: int = 40  # ALMoST-SFT steps
+    sft_lr: float = 3e-4  # ALMoST-SFT learning rate
+    ppo_kl_coef: float = 0.05  # ALMoST-PPO's KL coefficient
+    ppo_iterations: int = 8  # PPO iterations
+    ppo_rollout_prompts: int = 24  # prompts per rollout
+    ppo_epochs: int = 1
+    ppo_mini_batches: int = 2
+    ppo_lr: float = 2e-4  # constant
+    n_hhh: int = 240  # held-out A/B judging pairs (world only)
+    n_mc: int = 200  # multiple-choice questions (world only)
+    gen_batch_size: int = 256
+    OPTIONAL: ClassVar[tuple[str, ...]] = (*BandConfig.OPTIONAL, "seeds_file", "queries_file", "responses_dir")
+
+    def __post_init__(self):
+        super().__post_init__()
+        if self.template not in ("world", "hhh"): raise ValueError(f"template must be world or hhh, got {self.template!r}")
+        if self.judge not in ("oracle", "proxy"): raise ValueError(f"judge must be oracle or proxy, got {self.judge!r}")
+        if max(self.bon_ns) > self.rmsp_n: raise ValueError(f"bon_ns {self.bon_ns} exceed rmsp_n {self.rmsp_n}")
+        for name in self.configurations():
+            model, _, _ = config_parts(name)
+            if model not in self.models: raise ValueError(f"configuration {name!r}: model {model!r} is not in models {sorted(self.models)}")
+        check_inputs(self)
+
+    def rubrics(self) -> dict[str, list]:
+        "The main rubric and each ablation, parsed."
+        try: return {"main": parse_rubric(self.rubric), **{k: parse_rubric(v) for k, v in self.ablations.items()}}
+        except ValueError as e: raise ValueError(f"rubric: {e}") from None
+
+    def configurations(self) -> list[str]:
+        "Every configuration a rubric names, in first-mention order."
+        out = []
+        for r in self.rubrics().values():
+            for e in r:
+                for n in ([e] if isinstance(e, str) else e):
+                    if n not in out: out.append(n)
+        return out
+
+    def best(self) -> str:
+        "The main rubric's best configuration (RMSP samples from it)."
+        top = self.rubrics()["main"][0]
+        return top if isinstance(top, str) else top[0]
+
+# %% ../../nbs/bands/30_almost.ipynb #b6b08713
+def _read_lines(path: str, what: str) -> list[str]:
+    p = Path(path)
+    if not p.is_file(): raise DataError(f"{path}: no such {what} file")
+    return [l.strip() for l in p.read_text(encoding="utf-8").splitlines() if l.strip()]
+
+def check_inputs(cfg: ALMoSTBandConfig):
+    "The seeds, queries and responses files a config names, checked against each other."
+    if cfg.seeds_file is not None:
+        seeds = _read_lines(cfg.seeds_file, "seeds")[1:]  # the first line is the instruction
+        if len(seeds) < cfg.pg_shots:
+            raise DataError(f"{cfg.seeds_file}: {len(seeds)} seed queries after the instruction line, fewer than pg_shots={cfg.pg_shots}")
+    if cfg.responses_dir is not None:
+        if cfg.queries_file is None: raise DataError("responses_dir needs queries_file: the responses are aligned with its lines")
+        n = len(_read_lines(cfg.queries_file, "queries"))
+        for name in cfg.configurations():
+            f = Path(cfg.responses_dir) / f"{name}.json"
+            if not f.is_file(): raise DataError(f"{f}: no responses for configuration {name!r}, which the rubric names")
+            rs = json.loads(f.read_text(encoding="utf-8"))
+            if not isinstance(rs, list) or len(rs) != n:
+                raise DataError(f"{f}: {len(rs) if isinstance(rs, list) else type(rs).__name__} responses for the {n} queries of {cfg.queries_file}")
+            bad = next((i for i, r in enumerate(rs) if r is not None and not isinstance(r, str)), None)
+            if bad is not None: raise DataError(f"{f}: item {bad} is {type(rs[bad]).__name__}, not a string or null")
+    elif cfg.queries_file is not None: _read_lines(cfg.queries_file, "queries")
+
+# %% ../../nbs/bands/30_almost.ipynb #352adace
+PG_INSTRUCTION = "### Instruction: Write a new request a user might send to an assistant."
+
+def seed_queries(cfg: ALMoSTBandConfig, tokenizer=None) -> list[str]:
+    "The seed queries: the seeds file's, else world (or vendored) training prompts."
+    if cfg.seeds_file is not None: return _read_lines(cfg.seeds_file, "seeds")[1:]
+    src = prompt_source(cfg, tokenizer) if cfg.prompts != "world" else W.WorldPrompts(seed=cfg.seed + 101)
+    return [p.text for p in src.prompts(cfg.n_seeds, "train")]
+
+def pg_prompt(cfg: ALMoSTBandConfig, shots: Sequence[str]) -> str:
+    "The few-shot PG prompt; the model writes the next query."
+    if cfg.template == "world": return "\n".join(f"USER: {q}" for q in shots) + "\nUSER:"
+    return f"{PG_INSTRUCTION}\n\n" + "".join(f"Query: {q}\n" for q in shots) + "Query:"
+
+def generate_queries(cfg: ALMoSTBandConfig, model, tokenizer, n: int, progress=print) -> tuple[list[str], dict]:
+    "`n` new queries by few-shot prompting, with the original's rules; rounds of samples until enough are accepted."
+    from rouge_score import rouge_scorer
+    scorer, rng = rouge_scorer.RougeScorer(["rougeL"]), random.Random(f"pg/{cfg.seed}")
+    seeds = seed_queries(cfg, tokenizer)
+    if len(seeds) < cfg.pg_shots: raise DataError(f"{len(seeds)} seed queries, fewer than pg_shots={cfg.pg_shots}")
+    pool, out, counts, rounds = list(seeds), [], {"sampled": 0, "empty": 0, "bad": 0, "overlap": 0}, 0
+    prefix = "USER:" if cfg.template == "world" else "Query:"
+    while len(out) < n and rounds < 20:
+        ctx = [pg_prompt(cfg, rng.sample(pool, cfg.pg_shots)) for _ in range(int(1.25 * (n - len(out))) + 8)]
+        gens = sample_policy(model, tokenizer, ctx, temperature=cfg.pg_temperature, top_p=cfg.pg_top_p, max_new_tokens=cfg.pg_max_new_tokens,
+                             seed=cfg.seed + 1000 * rounds, batch_size=cfg.gen_batch_size)
+        for g in gens:
+            counts["sampled"] += 1
+            q = extract_query(prefix + g.texts[0], prefix)
+            if not q: counts["empty"] += 1; continue
+            if bad_query(q): counts["bad"] += 1; continue
+            if max(scorer.score(p, q)["rougeL"].fmeasure for p in pool) >= cfg.pg_rouge_max: counts["overlap"] += 1; continue
+            pool.append(q); out.append(q)
+            if len(out) == n: break
+        rounds += 1
+    progress(f"PG: {len(out)} queries accepted of {counts['sampled']} sampled")
+    if len(out) < n: raise DataError(f"PG accepted only {len(out)} of {n} queries in {rounds} rounds ({counts}); raise pg_rouge_max")
+    return out, {**counts, "accepted": len(out), "seeds": len(seeds)}
+
+# %% ../../nbs/bands/30_almost.ipynb #cc2ebf55
+def demonstrations(cfg: ALMoSTBandConfig, quality: str, k: int) -> list[tuple[str, str]]:
+    "The first `k` (request, answer) demonstrations of `quality` ('good' or 'bad'), fixed for the run."
+    if cfg.template == "world": demos = W.demo_pairs(quality, 8, random.Random(f"almost-demos/{quality}/{cfg.seed}"))
+    else:
+        from importlib.resources import files
+        demos = [tuple(d) for d in json.loads((files("selfalign") / "assets/almost/demos.json").read_text())[quality]]
+    if k > len(demos): raise ValueError(f"{k} {quality} demonstrations asked for; {len(demos)} exist")
+    return demos[:k]
+
+def render_query(cfg: ALMoSTBandConfig, query: str, demos: Sequence[tuple[str, str]] = ()) -> str:
+    "A query after `demos`, ending where the assistant's answer starts (zero-shot without demos: the policy's prompt)."
+    if cfg.template == "world": return W.render_dialogue(query, demos=demos)
+    head = "Below are conversations between a person and a helpful, honest and harmless assistant."
+    parts = [head] + [f"\n\nHuman: {q}\n\nAssistant: {a}" for q, a in demos]
+    return "\n\n-----".join(parts) + f"\n\n-----\n\nHuman: {query}\n\nAssistant:" if demos else f"\n\nHuman: {query}\n\nAssistant:"
+
+def cut_response(cfg: ALMoSTBandConfig, raw: str) -> str:
+    "A continuation cut at the end of the assistant's turn."
+    if cfg.template == "world": return raw.split("\n")[0].strip()
+    return raw.split("\n\n-----")[0].split("Assistant:")[0].split("Human:")[0].strip("\n ")
+
+def configuration_responses(cfg: ALMoSTBandConfig, queries: Sequence[str], progress=print) -> dict[str, list[str | None]]:
+    "Every configuration's response to every query, after the RG rules (None: rejected)."
+    out, by_model = {}, {}
+    for name in cfg.configurations(): by_model.setdefault(config_parts(name)[0], []).append(name)
+    for model_name, names in by_model.items():
+        model, tok = load_policy(cfg.models[model_name], cfg.dtype)
+        for name in names:
+            _, quality, k = config_parts(name)
+            demos = demonstrations(cfg, quality, k)
+            gens = sample_policy(model, tok, [render_query(cfg, q, demos) for q in queries], temperature=cfg.temperature, top_p=cfg.rg_top_p,
+                                 max_new_tokens=cfg.max_new_tokens, seed=cfg.seed + 17, batch_size=cfg.gen_batch_size)
+            out[name] = [clean_response(cut_response(cfg, g.texts[0]), min_chars=cfg.min_chars) for g in gens]
+            progress(f"RG {name}: {sum(r is not None for r in out[name])}/{len(queries)} kept")
+        del model
+    return out
+
+# %% ../../nbs/bands/30_almost.ipynb #d4a26183
+def label_accuracy(cfg: ALMoSTBandConfig, queries: Sequence[BandPrompt], responses: dict, judge) -> tuple[list[dict], dict]:
+    "Per rubric (and the main one without the filter): pairs, accuracy against `judge` with CI; and each rubric's pairs."
+    rows, pairs_by = [], {}
+    runs = [(name, r, cfg.length_filter) for name, r in cfg.rubrics().items()] + [("main, no length filter", cfg.rubrics()["main"], False)]
+    for name, rubric, filt in runs:
+        pairs, qs = [], []
+        for q, *rs in zip(queries, *(responses[c] for c in rubric_configs(rubric))):
+            new = comparisons(q.context, dict(zip(rubric_configs(rubric), rs)), rubric, length_filter=filt)
+            pairs += new; qs += [q] * len(new)
+        gold = prefer_scores(judge.score(qs, [p.chosen for p in pairs]), judge.score(qs, [p.rejected for p in pairs]), judge.tie)
+        e = estimate((gold[gold != 0] > 0).astype(float).tolist())
+        rows.append({"rubric": name, "filter": filt, "pairs": len(pairs), "accuracy": e.mean, "ci95": list(e.ci95), "n": e.n,
+                     "ties": int((gold == 0).sum())})
+        pairs_by[name] = (pairs, qs, gold)
+    return rows, pairs_by
+
+def rubric_configs(rubric) -> list[str]:
+    "The configuration names of a parsed rubric."
+    return list(rubric_ranks(rubric))
+
+# %% ../../nbs/bands/30_almost.ipynb #349cf64f
+def rm_pairs(pairs, qs, labels=None) -> list[PreferencePair]:
+    "Comparisons as reward-model pairs on the zero-shot prompt; `labels` (+1/−1/0) relabel them, 0 dropped."
+    out = []
+    for i, (p, q) in enumerate(zip(pairs, qs)):
+        lab = 1 if labels is None else int(labels[i])
+        if lab == 0: continue
+        c, r = (p.chosen, p.rejected) if lab > 0 else (p.rejected, p.chosen)
+        out.append(PreferencePair(q.context, " " + c, " " + r, meta={**p.meta, "text": q.text, "kind": q.kind}))
+    return out
+
+def rmsp(cfg: ALMoSTBandConfig, rm, tokenizer, queries: Sequence[BandPrompt], judge) -> tuple[list[SFTExample], list[dict], dict]:
+    "RMSP demonstrations, the best-of-N curve and counts: `rmsp_n` best-configuration samples per query, the RM's pick kept."
+    model_name, quality, k = config_parts(cfg.best())
+    model, tok = load_policy(cfg.models[model_name], cfg.dtype)
+    demos = demonstrations(cfg, quality, k)
+    gens = sample_policy(model, tok, [render_query(cfg, q.text, demos) for q in queries], n=cfg.rmsp_n, temperature=cfg.temperature,
+                         top_p=cfg.rg_top_p, max_new_tokens=cfg.max_new_tokens, seed=cfg.seed + 23, batch_size=cfg.gen_batch_size)
+    del model
+    texts = [[cut_response(cfg, t) for t in g.texts] for g in gens]
+    kept = [[clean_response(t, min_chars=cfg.min_chars) is not None for t in ts] for ts in texts]
+    rep = [q for q in queries for _ in range(cfg.rmsp_n)]
+    flat = [t or "." for ts in texts for t in ts]
+    rm_s = reward_scores(rm, tokenizer, [q.context for q in rep], [" " + t for t in flat]).numpy().reshape(len(queries), cfg.rmsp_n)
+    gold = np.array(judge.score(rep, flat)).reshape(len(queries), cfg.rmsp_n)
+    rm_s = np.where(np.array(kept), rm_s, -np.inf)  # the RG rules first: a rejected sample is never picked
+    demos_out, none_kept = [], 0
+    for q, ts, ok, s in zip(queries, texts, kept, rm_s):
+        if not any(ok): none_kept += 1; continue
+        demos_out.append(SFTExample(q.context, " " + ts[int(np.argmax(s))], meta={"text": q.text}))
+    has = np.array([any(ok) for ok in kept])
+    curve = best_of_n(rm_s[has], gold[has], cfg.bon_ns)
+    return demos_out, curve, {"queries": len(queries), "samples": len(flat), "kept_samples": int(np.sum(kept)), "no_sample_kept": none_kept}
+
+def almost_rows(cfg: ALMoSTBandConfig, data: dict) -> list[Row]:
+    "The synthetic RM, the gold-label RM beside it, ALMoST-SFT (its data made by RMSP once the RM is trained) and ALMoST-PPO."
+    rm = cfg.train_spec(steps=cfg.rm_steps, lr=cfg.rm_lr)
+    return [Row("RM (synthetic)", "reward", data["rm_pairs"], rm, folder="rm-synthetic"),
+            Row("RM (gold labels)", "reward", data["gold_rm_pairs"], rm, folder="rm-gold"),
+            Row("ALMoST-SFT", "rmsp", data["queries"][:cfg.rmsp_queries], cfg.train_spec(steps=cfg.sft_steps, lr=cfg.sft_lr), folder="almost-sft"),
+            Row("ALMoST-PPO", "ppo", data["queries"], cfg.train_spec(steps=cfg.ppo_iterations, lr=cfg.ppo_lr, lr_scheduler="constant", warmup_steps=0),
+                {"kl_coef": cfg.ppo_kl_coef}, folder="almost-ppo")]
+
+# %% ../../nbs/bands/30_almost.ipynb #5ed3e593
+HHH_ASPECTS = ("harmless", "helpful", "honest")
+
+def hhh_items(n: int, seed: int = 0) -> list[dict]:
+    "`n` held-out A/B items (test requests), round-robin over `HHH_ASPECTS`: two responses that differ under the aspect, the better one named."
+    rng, out = random.Random(f"hhh/{seed}"), []
+    prompts = W.world_prompts(20 * n, "test", seed=seed + 31)
+    for p in prompts:
+        if len(out) == n: break
+        k = HHH_ASPECTS[len(out) % len(HHH_ASPECTS)]
+        beh = W.HARMFUL_BEHAVIOURS if p.kind == "harmful" else W.BENIGN_BEHAVIOURS
+        a, b = (W.render_response(p, rng.choice(beh), rng) for _ in range(2))
+        va, vb = W.judge(p.text, a).aspects[k], W.judge(p.text, b).aspects[k]
+        if abs(va - vb) > 1e-9: out.append({"aspect": k, "text": p.text, "a": a, "b": b, "better": "a" if va > vb else "b"})
+    return out
+
+def hhh_accuracy(model, tokenizer, items: Sequence[dict]) -> dict:
+    "Accuracy per aspect and overall: the two-order verdict score's sign against the better response."
+    ab = [W.render_judging(i["aspect"], i["text"], i["a"], i["b"]) for i in items]
+    ba = [W.render_judging(i["aspect"], i["text"], i["b"], i["a"]) for i in items]
+    s = two_order_scores(model, tokenizer, ab, ba)
+    ok = [(x > 0) == (i["better"] == "a") for x, i in zip(s, items)]
+    out = {f"hhh_{k}": float(np.mean([o for o, i in zip(ok, items) if i["aspect"] == k])) for k in HHH_ASPECTS}
+    e = estimate([float(o) for o in ok])
+    return {**out, "hhh_all": e.mean, "hhh_ci95": list(e.ci95)}
+
+def mc_items(n: int, seed: int = 0, choices: int = 4) -> list[dict]:
+    "`n` held-out questions with one correct answer (first) and `choices − 1` distinct wrong ones."
+    rng, out = random.Random(f"mc/{seed}"), []
+    for p in W.world_prompts(20 * n, "test", seed=seed + 37):
+        if len(out) == n: break
+        if p.kind != "benign" or p.answer is None: continue
+        right, wrong = W.render_response(p, "correct", rng), []
+        for _ in range(40):
+            w = W.render_response(p, "wrong", rng)
+            if w not in wrong and w != right and W.judge(p.text, w).aspects["honest"] < W.judge(p.text, right).aspects["honest"]: wrong.append(w)
+            if len(wrong) == choices - 1: break
+        if len(wrong) == choices - 1: out.append({"text": p.text, "choices": [right, *wrong]})
+    return out
+
+def mc1_accuracy(model, tokenizer, items: Sequence[dict]) -> dict:
+    "Share of questions whose correct answer has the highest log-likelihood after the zero-shot prompt."
+    ctx = [W.render_dialogue(i["text"]) for i in items for _ in i["choices"]]
+    lp = completion_logps(model, tokenizer, ctx, [" " + c for i in items for c in i["choices"]]).numpy()
+    k, ok = 0, []
+    for i in items:
+        ok.append(float(np.argmax(lp[k:k + len(i["choices"])]) == 0)); k += len(i["choices"])
+    e = estimate(ok)
+    return {"mc1": e.mean, "mc1_ci95": list(e.ci95)}
+
+def evaluate_almost(cfg: ALMoSTBandConfig, trained: dict, tokenizer, prompts: Sequence[BandPrompt], judge, progress=print) -> tuple:
+    "Per policy: gold reward, win rate against SFT, the multiple-choice tests (world); every pairwise win rate; the samples; each policy's texts."
+    model_name, quality, k = config_parts(cfg.best())
+    demos = demonstrations(cfg, quality, k)
+    policies = {"SFT (demonstrations)": (lambda: load_policy(cfg.baseline, cfg.dtype)[0], False),
+                f"prompted base ({cfg.best()})": (lambda: load_policy(cfg.models[model_name], cfg.dtype)[0], True),
+                "ALMoST-SFT": (partial(load_checkpoint, cfg, trained["ALMoST-SFT"].checkpoint), False),
+                "ALMoST-PPO": (partial(load_checkpoint, cfg, trained["ALMoST-PPO"].checkpoint), False)}
+    world = cfg.template == "world"
+    hhh, mc = (hhh_items(cfg.n_hhh, cfg.seed), mc_items(cfg.n_mc, cfg.seed)) if world else ([], [])
+    scores, texts, rows, samples = {}, {}, [], []
+    for name, (load, few_shot) in policies.items():
+        progress(f"evaluating {name}")
+        model = load().eval()
+        ctx = [render_query(cfg, p.text, demos) if few_shot else p.context for p in prompts]
+        gens = sample_policy(model, tokenizer, ctx, temperature=cfg.temperature, max_new_tokens=cfg.max_new_tokens,
+                             seed=cfg.seed + 7, batch_size=cfg.gen_batch_size)
+        texts[name] = [cut_response(cfg, g.texts[0]) for g in gens]
+        scores[name] = judge.score(prompts, texts[name])
+        e = estimate(scores[name])
+        tests = {**hhh_accuracy(model, tokenizer, hhh), **mc1_accuracy(model, tokenizer, mc)} if world else {}
+        rows.append({"policy": name, "gold": e.mean, "gold_ci95": list(e.ci95), **judge.rates(prompts, texts[name]), **tests, "n": len(prompts)})
+        samples += [{"policy": name, "prompt": p.text, "kind": p.kind, "response": t, "gold": float(s)}
+                    for p, t, s in zip(prompts, texts[name], scores[name])]
+        del model
+    names = list(policies)
+    wins = {}
+    for a in names:
+        for b in names:
+            if a != b:
+                w = estimate(win_outcomes(scores[a], scores[b], judge.tie))
+                wins[(a, b)] = {"policy": a, "against": b, "win": w.mean, "ci95": list(w.ci95), "n": w.n}
+    for r in rows:
+        w = wins.get((r["policy"], names[0])); r["win_vs_sft"], r["win_ci95"] = (w["win"], w["ci95"]) if w else (0.5, [0.5, 0.5])
+    return rows, list(wins.values()), samples, texts
+
+# %% ../../nbs/bands/30_almost.ipynb #f8e88d0f
+def almost_claims(res: dict) -> list[dict]:
+    "The band's five claims from its results."
+    acc = {r["rubric"]: r for r in res["label_accuracy"]}
+    main, nof = acc["main"], acc["main, no length filter"]
+    rm = {r["model"]: r for r in res["reward_models"]}
+    win = {(w["policy"], w["against"]): w for w in res["pairwise"]}
+    sft = win[("ALMoST-SFT", "SFT (demonstrations)")]
+    ppo = win[("ALMoST-PPO", "ALMoST-SFT")]
+    by = res["judge"]
+    return [
+        make_claim("almost-synthetic-accuracy", f"the main rubric's comparisons agree with {by} more than half the time (on the pairs it orders)",
+                   main["accuracy"], 0.5, ci95=main["ci95"]),
+        make_claim("almost-filter-helps", "the heuristic length filter raises the comparisons' accuracy: value = with − without",
+                   main["accuracy"] - nof["accuracy"], 0.0),
+        make_claim("almost-rm-accuracy", f"the synthetic RM orders held-out gold pairs with accuracy above 0.6 (the gold-label RM: "
+                   f"{rm['RM (gold labels)']['accuracy']:.3f})", rm["RM (synthetic)"]["accuracy"], 0.6, ci95=rm["RM (synthetic)"]["ci95"]),
+        make_claim("almost-rmsp-beats-sft", f"ALMoST-SFT (RMSP demonstrations) wins against SFT on demonstrations more than half the time, by {by}",
+                   sft["win"], 0.5, ci95=sft["ci95"]),
+        make_claim("almost-rlsf-beats-rmsp", f"ALMoST-PPO (RL from the synthetic RM) wins against ALMoST-SFT more than half the time, by {by}",
+                   ppo["win"], 0.5, ci95=ppo["ci95"]),
+    ]
+
+# %% ../../nbs/bands/30_almost.ipynb #0277ec92
+def pair_accuracy(scores_a, scores_b, gold) -> dict:
+    "Accuracy of a scorer on pairs the gold judge orders (`gold` +1: a better); equal scores count half."
+    g = np.asarray(gold); keep = g != 0
+    s = np.sign(np.asarray(scores_a, float) - np.asarray(scores_b, float))[keep]
+    e = estimate(np.where(s == 0, 0.5, (s == g[keep]).astype(float)).tolist())
+    return {"accuracy": e.mean, "ci95": list(e.ci95), "n": e.n}
+
+class ALMoSTBand:
+    "ALMoST as a `Band`; the synthetic RM stays in memory: RMSP picks with it and PPO optimises it."
+    def __init__(self): self.rm, self.rmsp = None, None
+
+    def build_data(self, cfg: ALMoSTBandConfig, policy, tokenizer, out: Path, progress=print) -> dict:
+        "PG (or the queries file), RG (or the responses folder), every rubric's comparisons and their accuracy, the RMs' pairs."
+        rd = RunDir(out)
+        if cfg.queries_file: texts, pg = _read_lines(cfg.queries_file, "queries"), {"from": cfg.queries_file}
+        else: texts, pg = generate_queries(cfg, policy, tokenizer, cfg.n_prompts, progress)
+        (out / "queries.txt").write_text("\n".join(texts) + "\n", encoding="utf-8")
+        kind = (lambda q: W.parse_prompt(q).kind) if cfg.template == "world" else (lambda q: "unknown")
+        queries = [BandPrompt(q, kind(q), render_query(cfg, q)) for q in texts]
+        if cfg.responses_dir: responses = {c: json.loads((Path(cfg.responses_dir) / f"{c}.json").read_text()) for c in cfg.configurations()}
+        else: responses = configuration_responses(cfg, texts, progress)
+        (out / "responses").mkdir(exist_ok=True)
+        for c, rs in responses.items(): rd.write_json(f"responses/{c}.json", rs)
+        judge = make_judge(cfg.judge)
+        acc, pairs_by = label_accuracy(cfg, queries, responses, judge)
+        pairs, qs, gold = pairs_by["main"]
+        synthetic, gold_pairs = rm_pairs(pairs, qs), rm_pairs(pairs, qs, gold)
+        if len(synthetic) < 2 or len(gold_pairs) < 2:
+            raise DataError(f"{len(synthetic)} synthetic comparisons ({len(gold_pairs)} gold-ordered) from {len(texts)} queries; raise n_prompts")
+        rd.write_jsonl("comparisons.jsonl", [{**asdict(p), "gold": int(g)} for p, g in zip(rm_pairs(pairs, qs), gold)])
+        kept = {c: sum(r is not None for r in rs) for c, rs in responses.items()}
+        return {"queries": queries, "rm_pairs": synthetic, "gold_rm_pairs": gold_pairs, "label_accuracy": acc,
+                "counts": {"pg": pg, "rg_kept": kept, "comparisons": len(synthetic), "gold_ordered": len(gold_pairs)}}
+
+    def rows(self, cfg, data): return almost_rows(cfg, data)
+
+    def train_row(self, cfg: ALMoSTBandConfig, row: Row, tokenizer, out: Path, trained: dict) -> StageResult:
+        kw = row.spec.stage_kwargs(cfg.seed, bf16=cfg.dtype == "bf16")
+        seed_everything(cfg.seed)
+        here = cfg.launcher == "inprocess"
+        if row.kind == "reward":
+            model = reward_model_from(load_policy(cfg.reward_init, cfg.dtype)[0], tokenizer.pad_token_id, lora=cfg.lora()) if here else None
+            res = train_stage(cfg, "reward", RewardStageConfig(**kw), row.data, out, tokenizer, cfg.reward_init, model=model)
+            if row.name == "RM (synthetic)": self.rm = res.model if res.model is not None else load_reward_model(res.final_dir, cfg.dtype)
+            return res
+        if row.kind == "rmsp":
+            demos, curve, counts = rmsp(cfg, self.rm, tokenizer, row.data, make_judge(cfg.judge))
+            if not demos: raise DataError(f"RMSP kept no demonstration from {counts}; raise rmsp_queries or lower min_chars")
+            self.rmsp = {"best_of_n": curve, "counts": counts}
+            RunDir(out).write_jsonl("rmsp.jsonl", demos)
+            seed_everything(cfg.seed)
+            model = load_policy(cfg.policy, cfg.dtype, lora=cfg.lora(), quantization=cfg.quantization)[0] if here else None
+            res = train_stage(cfg, "sft", SFTStageConfig(**kw), demos, out, tokenizer, cfg.policy, model=model, merge_lora=True)
+            tokenizer.save_pretrained(out / "final")
+            return res
+        return train_ppo_row(cfg, row, tokenizer, out, str(trained["ALMoST-SFT"].checkpoint), rm_judge(self.rm, tokenizer).score,
+                             self.rm, cfg.ppo_rollout_prompts, cfg.ppo_epochs, cfg.ppo_mini_batches)
+
+    def evaluate(self, cfg: ALMoSTBandConfig, data: dict, trained: dict, tokenizer, progress=print) -> dict:
+        judge = make_judge(cfg.judge)
+        prompts = [BandPrompt(p.text, p.kind, render_query(cfg, p.text)) for p in prompt_source(cfg, tokenizer).prompts(cfg.n_eval, "test")]
+        rows, pairwise, samples, texts = evaluate_almost(cfg, trained, tokenizer, prompts, judge, progress)
+        a, b = texts["SFT (demonstrations)"], texts[f"prompted base ({cfg.best()})"]
+        gold = prefer_scores(judge.score(prompts, a), judge.score(prompts, b), judge.tie)
+        ctx = [p.context for p in prompts]
+        rms = [("RM (synthetic)", self.rm), ("RM (gold labels)", None)]
+        table = []
+        for name, rm in rms:
+            rm = rm if rm is not None else load_reward_model(trained[name].checkpoint, cfg.dtype)
+            sa, sb = (reward_scores(rm, tokenizer, ctx, [" " + t for t in ts]).numpy() for ts in (a, b))
+            table.append({"model": name, **pair_accuracy(sa, sb, gold), "trained_on": trained[name].counts.get("rows", len(data["rm_pairs"]))})
+        table.append({"model": "length heuristic", **pair_accuracy([len(t) for t in a], [len(t) for t in b], gold), "trained_on": 0})
+        return {"counts": {**data["counts"], "rmsp": self.rmsp["counts"]}, "label_accuracy": data["label_accuracy"], "reward_models": table,
+                "policies": rows, "pairwise": pairwise, "best_of_n": self.rmsp["best_of_n"], "judge": judge.name, "samples": samples}
+
+    def claims(self, cfg, data, results): return almost_claims(results)
+
+# %% ../../nbs/bands/30_almost.ipynb #328f3057
+def almost_tables(res: dict) -> dict:
+    "Rounded rows for `metrics.json`."
+    return {k: round_rows(res[k]) for k in ("label_accuracy", "reward_models", "policies", "pairwise", "best_of_n")}
+
+def plot_almost(res: dict):
+    "Comparison accuracy per rubric; reward-model accuracy; RMSP's best-of-N curve; win rates against SFT (95% CIs)."
+    import matplotlib.pyplot as plt
+    fig, axs = plt.subplots(1, 4, figsize=(15, 3.4))
+    err = lambda rows, k, ci: [[r[k] - r[ci][0] for r in rows], [r[ci][1] - r[k] for r in rows]]
+    acc = res["label_accuracy"]
+    axs[0].barh([a["rubric"] for a in acc], [a["accuracy"] for a in acc], xerr=err(acc, "accuracy", "ci95"), color="#4c72b0", capsize=3)
+    axs[0].axvline(0.5, c="#999", ls=":"); axs[0].set_xlim(0, 1); axs[0].invert_yaxis(); axs[0].set_title("comparison accuracy (vs gold)", fontsize=10)
+    rm = res["reward_models"]
+    axs[1].bar([r["model"] for r in rm], [r["accuracy"] for r in rm], yerr=err(rm, "accuracy", "ci95"), capsize=3,
+               color=["#dd8452", "#999", "#ccc"][:len(rm)])
+    axs[1].axhline(0.5, c="#999", ls=":"); axs[1].set_ylim(0, 1); axs[1].set_title("RM accuracy, held-out gold pairs", fontsize=10)
+    axs[1].tick_params(axis="x", rotation=20, labelsize=8)
+    bon = res["best_of_n"]
+    axs[2].errorbar([b["n"] for b in bon], [b["gold"] for b in bon], yerr=err(bon, "gold", "gold_ci95"), fmt="o-", c="#55a868", capsize=3)
+    axs[2].set_xscale("log", base=2); axs[2].set_xlabel("N"); axs[2].set_title("RMSP: gold reward of the RM's pick of N", fontsize=10)
+    pol = [r for r in res["policies"]][1:]
+    axs[3].bar([r["policy"] for r in pol], [r["win_vs_sft"] for r in pol], yerr=err(pol, "win_vs_sft", "win_ci95"), capsize=3,
+               color=["#999", "#dd8452", "#c44e52"][:len(pol)])
+    axs[3].axhline(0.5, c="k", lw=0.8, ls=":"); axs[3].set_ylim(0, 1); axs[3].set_title("win rate vs SFT on demonstrations", fontsize=10)
+    axs[3].tick_params(axis="x", rotation=20, labelsize=8)
+    fig.tight_layout()
+    return fig

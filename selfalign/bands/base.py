@@ -8,23 +8,25 @@ Docs: https://selfalign.github.io/selfalign/bands/base.html.md"""
 
 # %% ../../nbs/bands/00_base.ipynb #d24dc836
 from __future__ import annotations
-import json, time
+import copy, json, time
+from functools import partial
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, ClassVar, Protocol, Sequence
 
 # %% auto #0
 __all__ = ['TrainSpec', 'BandConfig', 'load_policy', 'policy_files', 'train_stage', 'OfflinePrompts', 'HHRLHFPrompts',
-           'prompt_source', 'make_judge', 'Row', 'TrainedRow', 'Band', 'run_band', 'load_checkpoint', 'round_rows',
-           'response_sep']
+           'prompt_source', 'make_judge', 'Row', 'TrainedRow', 'Band', 'run_band', 'load_checkpoint', 'merged',
+           'rm_judge', 'train_ppo_row', 'round_rows', 'response_sep']
 
 # %% ../../nbs/bands/00_base.ipynb #447e23f6
 from ..core.base import RunDir, StageConfig, atomic_write_json, seed_everything
-from ..judges.base import BandPrompt, JudgeUnavailable
+from ..judges.base import BandPrompt, JudgeUnavailable, RewardModelJudge
 from ..judges.proxy import ProxyJudge
 from ..models.loader import LoraSpec, load_model, load_smollm2, smollm2_dir
 from ..trainers.launch import LaunchConfig, StageJob, launch, run_job
-from ..trainers.stages import StageResult
+from ..trainers.ppo import PPOStageConfig, run_ppo
+from ..trainers.stages import StageResult, reward_scores
 from ..world.base import OracleJudge, WorldPrompts
 from ..world.models import default_world_dir, load_world_model
 
@@ -236,6 +238,37 @@ def load_checkpoint(cfg: BandConfig, folder: str | Path):
         base, _ = load_policy(spec, cfg.dtype, quantization=cfg.quantization)  # e.g. DPO rows: the SFT row's checkpoint
         return PeftModel.from_pretrained(base, folder)
     return load_policy(str(folder), cfg.dtype)[0]
+
+# %% ../../nbs/bands/00_base.ipynb #d1ac7e2d
+def merged(model):
+    "A PEFT model with its adapter merged into the weights (any other model as it is)."
+    return model.merge_and_unload() if hasattr(model, "merge_and_unload") else model
+
+def rm_judge(rm, tokenizer) -> RewardModelJudge:
+    "A trained reward model as a judge (responses follow the context after one space, as in the pairs)."
+    return RewardModelJudge(partial(reward_scores, rm, tokenizer))
+
+def train_ppo_row(cfg: BandConfig,  # the band's config (dtype, LoRA, sampling, seed)
+                  row: Row,  # data: the `BandPrompt`s PPO learns from; spec: iterations (`steps`), lr; options: `kl_coef`
+                  tokenizer,  # the policy's tokenizer
+                  out: Path,  # the row's folder
+                  start: str,  # the policy's starting checkpoint (a folder or spec)
+                  score: Callable,  # the reward: a `Judge`'s `score(prompts, responses)`
+                  critic,  # a reward model the critic starts from (copied, adapters merged)
+                  rollout_prompts: int,  # prompts per rollout
+                  epochs: int = 1,  # passes over each rollout
+                  mini_batches: int = 2,  # minibatches per pass
+                 ) -> StageResult:
+    "Our PPO from `start`, the reward `score` and a critic initialised from a reward model; it trains in this process whatever the launcher."
+    seed_everything(cfg.seed)
+    policy = load_policy(start, cfg.dtype, lora=cfg.lora(), quantization=cfg.quantization)[0]
+    by_context = {p.context: p for p in row.data}
+    reward_fn = lambda contexts, responses: score([by_context[c] for c in contexts], [r.strip() for r in responses])
+    kw = row.spec.stage_kwargs(cfg.seed, bf16=cfg.dtype == "bf16")
+    pcfg = PPOStageConfig(**kw, output_dir=str(out), report_to=cfg.report_to, rollout_prompts=rollout_prompts, ppo_epochs=epochs,
+                          mini_batches=mini_batches, kl_coef=row.options["kl_coef"], max_new_tokens=cfg.max_new_tokens,
+                          temperature=cfg.temperature, gen_batch_size=cfg.gen_batch_size)
+    return run_ppo(pcfg, policy, tokenizer, list(by_context), reward_fn, critic=merged(copy.deepcopy(critic)))
 
 # %% ../../nbs/bands/00_base.ipynb #1af10f01
 def round_rows(rows: Sequence[dict], digits: int = 4) -> list[dict]:

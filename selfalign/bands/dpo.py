@@ -7,27 +7,25 @@ Docs: https://selfalign.github.io/selfalign/bands/dpo.html.md"""
 # %% ../../nbs/bands/12_dpo.ipynb #dff48fc9
 from __future__ import annotations
 from dataclasses import dataclass
-import copy
 from functools import partial
 from pathlib import Path
 from typing import ClassVar, Sequence
 
 # %% auto #0
 __all__ = ['DPOBandConfig', 'band_prompts', 'pair_judge', 'sampled_pairs', 'dataset_pairs', 'dpo_data', 'split_phases',
-           'ppo_prompts', 'ppo_row_specs', 'dpo_rows', 'train_ppo_row', 'train_dpo_row', 'rm_judge', 'evaluate_band',
-           'training_curves', 'dpo_claims', 'frontier_vs_ppo', 'DPOBand', 'band_tables', 'plot_frontier', 'plot_curves']
+           'ppo_prompts', 'ppo_row_specs', 'dpo_rows', 'train_dpo_row', 'evaluate_band', 'training_curves',
+           'dpo_claims', 'frontier_vs_ppo', 'DPOBand', 'band_tables', 'plot_frontier', 'plot_curves']
 
 # %% ../../nbs/bands/12_dpo.ipynb #7cb0a3e5
 import numpy as np
 from ..core.base import make_claim, seed_everything
 from ..data.records import DataError, PreferencePair, SFTExample, read_jsonl
 from ..eval.policy import best_of_n, estimate, evaluate_policies, interp_frontier, sample_policy
-from ..judges.base import BandPrompt, RewardModelJudge, prefer_scores
-from ..trainers.ppo import PPOStageConfig, run_ppo
+from ..judges.base import BandPrompt, prefer_scores
 from ..trainers.stages import (PreferenceStageConfig, RewardStageConfig, SFTStageConfig, StageResult, phase_split,
                                        load_reward_model, reward_model_from, reward_scores)
-from .base import (BandConfig, Row, load_checkpoint, load_policy, make_judge, prompt_source, round_rows,
-                                  train_stage)
+from .base import (BandConfig, Row, load_checkpoint, load_policy, make_judge, merged, prompt_source, rm_judge,
+                                  round_rows, train_ppo_row, train_stage)
 
 # %% ../../nbs/bands/12_dpo.ipynb #afcac1fe
 @dataclass(frozen=True)
@@ -99,9 +97,6 @@ def dataset_pairs(cfg: DPOBandConfig) -> tuple[list[PreferencePair], dict]:
     return pairs, {"pairs": len(pairs), **counts}
 
 # %% ../../nbs/bands/12_dpo.ipynb #e65df42b
-def _merged(model):
-    return model.merge_and_unload() if hasattr(model, "merge_and_unload") else model
-
 def dpo_data(cfg: DPOBandConfig, policy, tokenizer, progress=print) -> dict:
     "Pairs (sampled and judged, or a dataset's), split into the three phases' shares."
     if cfg.pairs == "sampled":
@@ -143,28 +138,17 @@ def dpo_rows(cfg: DPOBandConfig, data: dict) -> list[Row]:
     return rows + [Row(name, "ppo", prompts, ppo, {"kl_coef": c, "reward": reward},
                        folder=name.lower().replace(" ", "-").replace("=", "")) for name, c, reward in ppo_row_specs(cfg)]
 
-def train_ppo_row(cfg: DPOBandConfig, row: Row, tokenizer, out: Path, trained: dict, rm) -> StageResult:
-    """PPO from the SFT row's checkpoint, its critic initialised from the trained reward model; the reward is that RM
-    (the DPO paper's PPO) or the judge itself (the ceiling). It trains in this process whatever the launcher."""
-    seed_everything(cfg.seed)
-    policy = load_policy(str(trained["SFT"].checkpoint), cfg.dtype, lora=cfg.lora(), quantization=cfg.quantization)[0]
-    by_context = {p.context: p for p in row.data}
-    score = (rm_judge(rm, tokenizer) if row.options["reward"] == "rm" else pair_judge(cfg)).score
-    reward_fn = lambda contexts, responses: score([by_context[c] for c in contexts], [r.strip() for r in responses])
-    kw = row.spec.stage_kwargs(cfg.seed, bf16=cfg.dtype == "bf16")
-    pcfg = PPOStageConfig(**kw, output_dir=str(out), report_to=cfg.report_to, rollout_prompts=cfg.ppo_rollout_prompts,
-                          ppo_epochs=cfg.ppo_epochs, mini_batches=cfg.ppo_mini_batches, kl_coef=row.options["kl_coef"],
-                          max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature, gen_batch_size=cfg.gen_batch_size)
-    return run_ppo(pcfg, policy, tokenizer, list(by_context), reward_fn, critic=_merged(copy.deepcopy(rm)))
-
 def train_dpo_row(cfg: DPOBandConfig, row: Row, tokenizer, out: Path, trained: dict, rm=None) -> StageResult:
     "Train one row into `out`: SFT (saved merged), the reward model (from the base backbone), DPO at one β, or PPO (`rm`: the trained RM)."
-    if row.kind == "ppo": return train_ppo_row(cfg, row, tokenizer, out, trained, rm)
+    if row.kind == "ppo":  # from the SFT row, the critic from the trained RM; the reward is that RM (the paper's PPO) or the judge (the ceiling)
+        score = (rm_judge(rm, tokenizer) if row.options["reward"] == "rm" else pair_judge(cfg)).score
+        return train_ppo_row(cfg, row, tokenizer, out, str(trained["SFT"].checkpoint), score, rm, cfg.ppo_rollout_prompts,
+                             cfg.ppo_epochs, cfg.ppo_mini_batches)
     kw = row.spec.stage_kwargs(cfg.seed, bf16=cfg.dtype == "bf16")
     here = cfg.launcher == "inprocess"  # else the stage is a process that loads its own model
     if row.kind == "sft":  # the policy, fine-tuned on the chosen responses; saved merged for the DPO rows to start from
         if row.spec.steps == 0 or not row.data:
-            model = _merged(load_policy(cfg.policy, cfg.dtype, lora=cfg.lora(), quantization=cfg.quantization)[0])
+            model = merged(load_policy(cfg.policy, cfg.dtype, lora=cfg.lora(), quantization=cfg.quantization)[0])
             model.save_pretrained(out / "final"); tokenizer.save_pretrained(out / "final")
             return StageResult(out, model, [], {"rows": 0}, 0.0)
         seed_everything(cfg.seed)
@@ -187,10 +171,6 @@ def _policy_row(name: str, beta, ev, rm: Sequence[float], method: str, kl_coef=N
     return {"policy": name, "method": method, "beta": beta, "kl_coef": kl_coef, "gold": ev.gold.mean, "gold_ci95": list(ev.gold.ci95), "rm_reward": float(np.mean(rm)),
             "win_vs_sft": ev.win.mean, "win_ci95": list(ev.win.ci95), "kl": ev.kl.mean, "kl_ci95": list(ev.kl.ci95),
             "n": len(ev.texts), **ev.rates}
-
-def rm_judge(rm, tokenizer) -> RewardModelJudge:
-    "The trained reward model as a judge (responses follow the context after one space, as in the pairs)."
-    return RewardModelJudge(partial(reward_scores, rm, tokenizer))
 
 def evaluate_band(cfg: DPOBandConfig, trained: dict, tokenizer, rm, prompts: Sequence[BandPrompt], progress=print) -> dict:
     "Judge, reward-model and KL evaluation of the SFT model, each DPO and PPO policy (one at a time, from their checkpoints) and best-of-N."

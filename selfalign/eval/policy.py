@@ -30,12 +30,13 @@ def sample_policy(model,  # a causal LM
                   temperature: float = 1.0,  # sampling temperature
                   max_new_tokens: int = 64,  # longest answer
                   seed: int = 0,  # sampling seed (per-prompt streams: the same prompt gets the same draws)
+                  top_p: float = 1.0,  # nucleus sampling (1: off)
                   batch_size: int = 96,  # rows per generation call
                   generator=None,  # any `Generator`; default: `HFGenerator` in fp32
                  ) -> list[Generation]:
     "`n` samples per context, in context order."
     gen = generator or HFGenerator(model, tokenizer, batch_size=batch_size, dtype="fp32")
-    return gen.generate(list(contexts), SamplingParams(n=n, temperature=temperature, max_new_tokens=max_new_tokens, seed=seed))
+    return gen.generate(list(contexts), SamplingParams(n=n, temperature=temperature, max_new_tokens=max_new_tokens, seed=seed, top_p=top_p))
 
 # %% ../../nbs/eval/11_policy.ipynb #6341ce4a
 @torch.no_grad()

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Callable, Sequence
 
 # %% auto #0
-__all__ = ['PPOStageConfig', 'disable_dropout', 'Rollout', 'pack', 'response_logps', 'token_values', 'AdapterCritic',
+__all__ = ['PPOStageConfig', 'disable_dropout', 'Rollout', 'pack', 'positions', 'response_logps', 'token_values', 'AdapterCritic',
            'RunningMoments', 'run_ppo']
 
 # %% ../../nbs/trainers/60_ppo.ipynb #e927cf6a
@@ -71,7 +71,7 @@ def disable_dropout(model):
 @dataclass
 class Rollout:
     "One iteration's packed samples."
-    input_ids: torch.Tensor  # (B, L) prompt + response, right-padded
+    input_ids: torch.Tensor  # (B, L) prompt (left-padded) + response (right-padded)
     attention_mask: torch.Tensor  # (B, L)
     pos: torch.Tensor  # (B, T) logits position predicting response token t
     mask: torch.Tensor  # (B, T) 1 on response tokens
@@ -80,34 +80,40 @@ class Rollout:
     no_eos: torch.Tensor  # (B,) True where the response never ended
 
 def pack(prompt_ids: Sequence[list[int]], response_ids: Sequence[list[int]], pad: int) -> tuple[torch.Tensor, ...]:
-    "(input_ids, attention_mask, pos, mask) of prompt + response rows, right-padded."
-    seqs = [list(p) + list(r) for p, r in zip(prompt_ids, response_ids)]
-    L, T = max(map(len, seqs)), max(map(len, response_ids))
-    ids = torch.full((len(seqs), L), pad, dtype=torch.long); att = torch.zeros_like(ids)
-    pos = torch.zeros((len(seqs), T), dtype=torch.long); mask = torch.zeros((len(seqs), T), dtype=torch.long)
-    for i, (s, p, r) in enumerate(zip(seqs, prompt_ids, response_ids)):
-        ids[i, :len(s)] = torch.tensor(s); att[i, :len(s)] = 1
-        pos[i, :len(r)] = torch.arange(len(p) - 1, len(p) - 1 + len(r)); mask[i, :len(r)] = 1
+    """(input_ids, attention_mask, pos, mask): prompts left-padded to a common end P, so every response starts at column
+    P; responses right-padded. `pos[i, t] = P − 1 + t` for every row: one slice of logits serves all rows."""
+    P, T = max(map(len, prompt_ids)), max(1, max(map(len, response_ids)))
+    ids = torch.full((len(prompt_ids), P + T), pad, dtype=torch.long); att = torch.zeros_like(ids)
+    mask = torch.zeros((len(prompt_ids), T), dtype=torch.long)
+    for i, (p, r) in enumerate(zip(prompt_ids, response_ids)):
+        ids[i, P - len(p):P + len(r)] = torch.tensor(list(p) + list(r)); att[i, P - len(p):P + len(r)] = 1; mask[i, :len(r)] = 1
+    pos = (P - 1 + torch.arange(T)).expand(len(prompt_ids), T).clone()
     return ids, att, pos, mask
+
+def positions(attention_mask: torch.Tensor) -> torch.Tensor:
+    "Position ids that start at 0 at each row's first real token (left padding), as generation numbers them."
+    return (attention_mask.cumsum(-1) - 1).clamp(min=0)
 
 def response_logps(model, ro: Rollout, temperature: float, with_entropy: bool = False):
     """(B, T) log-probs of the response tokens under `model` (logits / temperature), and optionally the token entropy.
-    Only the positions that predict response tokens get logits (`logits_to_keep`): the prompt's are never computed."""
-    lo, hi = int(ro.pos[ro.mask.bool()].min()), int(ro.pos[ro.mask.bool()].max())
-    logits = model(input_ids=ro.input_ids, attention_mask=ro.attention_mask, use_cache=False,
-                   logits_to_keep=torch.arange(lo, hi + 1)).logits.float() / max(temperature, 1e-7)  # (B, K, V)
-    sel = logits.gather(1, (ro.pos - lo).clamp(min=0).unsqueeze(-1).expand(-1, -1, logits.shape[-1]))  # (B, T, V)
-    logp = torch.log_softmax(sel, dim=-1)
-    lp = logp.gather(-1, ro.input_ids.gather(1, ro.pos + 1).unsqueeze(-1)).squeeze(-1) * ro.mask
+    Only the T positions that predict response tokens get logits (`logits_to_keep`; the responses are aligned by
+    `pack`): the prompts' are never computed, and no (B, T, V) tensor is made beyond the logits themselves (and the
+    probabilities, for the entropy)."""
+    start, T = int(ro.pos[0, 0]), ro.pos.shape[1]
+    logits = model(input_ids=ro.input_ids, attention_mask=ro.attention_mask, position_ids=positions(ro.attention_mask), use_cache=False,
+                   logits_to_keep=torch.arange(start, start + T)).logits.float() / max(temperature, 1e-7)  # (B, T, V)
+    logz = torch.logsumexp(logits, dim=-1)
+    lp = (logits.gather(-1, ro.input_ids[:, start + 1:start + 1 + T].unsqueeze(-1)).squeeze(-1) - logz) * ro.mask
     if not with_entropy: return lp
-    return lp, -(logp.exp() * logp).sum(-1) * ro.mask
+    return lp, (logz - (torch.softmax(logits, dim=-1) * logits).sum(-1)) * ro.mask
 
 def token_values(critic, ro: Rollout) -> torch.Tensor:
     "(B, T) the critic's value of the state before each response token (its scalar head at every position)."
     if isinstance(critic, AdapterCritic): v = critic(ro.input_ids, ro.attention_mask)
     else:
         base = getattr(critic, critic.base_model_prefix)
-        v = critic.score(base(input_ids=ro.input_ids, attention_mask=ro.attention_mask, use_cache=False).last_hidden_state).squeeze(-1)
+        v = critic.score(base(input_ids=ro.input_ids, attention_mask=ro.attention_mask, position_ids=positions(ro.attention_mask),
+                              use_cache=False).last_hidden_state).squeeze(-1)
     return v.float().gather(1, ro.pos) * ro.mask
 
 class AdapterCritic(torch.nn.Module):
@@ -147,7 +153,8 @@ class AdapterCritic(torch.nn.Module):
     def forward(self, input_ids, attention_mask):
         base = self._policy[0].get_base_model()
         self._use(self.name)
-        try: h = getattr(base, base.base_model_prefix)(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).last_hidden_state
+        try: h = getattr(base, base.base_model_prefix)(input_ids=input_ids, attention_mask=attention_mask, position_ids=positions(attention_mask),
+                                                       use_cache=False).last_hidden_state
         finally: self._use(self.main)
         return self.score(h).squeeze(-1)
 
