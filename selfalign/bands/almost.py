@@ -573,9 +573,11 @@ def plot_almost(res: dict):
     axs[1].tick_params(axis="x", rotation=20, labelsize=8)
     bon = res["best_of_n"]
     axs[2].errorbar([b["n"] for b in bon], [b["gold"] for b in bon], yerr=err(bon, "gold", "gold_ci95"), fmt="o-", c="#55a868", capsize=3)
-    axs[2].set_xscale("log", base=2); axs[2].set_xlabel("N"); axs[2].set_title("RMSP: gold reward of the RM's pick of N", fontsize=10)
-    pol = [r for r in res["policies"]][1:]
-    axs[3].bar([r["policy"] for r in pol], [r["win_vs_sft"] for r in pol], yerr=err(pol, "win_vs_sft", "win_ci95"), capsize=3,
+    axs[2].axhline(res["policies"][0]["gold"], c="#999", ls=":", lw=1, label="SFT on demonstrations")
+    axs[2].set_xscale("log", base=2); axs[2].set_xticks([b["n"] for b in bon], [str(b["n"]) for b in bon]); axs[2].set_xlabel("N")
+    axs[2].set_title("RMSP: gold reward of the RM's pick of N", fontsize=10); axs[2].legend(fontsize=7)
+    pol = res["policies"][1:]
+    axs[3].bar([r["policy"].split(" (")[0] for r in pol], [r["win_vs_sft"] for r in pol], yerr=err(pol, "win_vs_sft", "win_ci95"), capsize=3,
                color=["#999", "#dd8452", "#c44e52"][:len(pol)])
     axs[3].axhline(0.5, c="k", lw=0.8, ls=":"); axs[3].set_ylim(0, 1); axs[3].set_title("win rate vs SFT on demonstrations", fontsize=10)
     axs[3].tick_params(axis="x", rotation=20, labelsize=8)
