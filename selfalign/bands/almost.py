@@ -308,9 +308,9 @@ def label_accuracy(cfg: ALMoSTBandConfig, queries: Sequence[BandPrompt], respons
     rows, pairs_by = [], {}
     runs = [(name, r, cfg.length_filter) for name, r in cfg.rubrics().items()] + [("main, no length filter", cfg.rubrics()["main"], False)]
     for name, rubric, filt in runs:
-        pairs, qs = [], []
-        for q, *rs in zip(queries, *(responses[c] for c in rubric_configs(rubric))):
-            new = comparisons(q.context, dict(zip(rubric_configs(rubric), rs)), rubric, length_filter=filt)
+        pairs, qs, names = [], [], rubric_configs(rubric)
+        for q, *rs in zip(queries, *(responses[c] for c in names)):
+            new = comparisons(q.context, dict(zip(names, rs)), rubric, length_filter=filt)
             pairs += new; qs += [q] * len(new)
         gold = prefer_scores(judge.score(qs, [p.chosen for p in pairs]), judge.score(qs, [p.rejected for p in pairs]), judge.tie)
         e = estimate((gold[gold != 0] > 0).astype(float).tolist())
@@ -399,9 +399,10 @@ def mc_items(n: int, seed: int = 0, choices: int = 4) -> list[dict]:
         if len(out) == n: break
         if p.kind != "benign" or p.answer is None: continue
         right, wrong = W.render_response(p, "correct", rng), []
+        honest = W.judge(p.text, right).aspects["honest"]
         for _ in range(40):
             w = W.render_response(p, "wrong", rng)
-            if w not in wrong and w != right and W.judge(p.text, w).aspects["honest"] < W.judge(p.text, right).aspects["honest"]: wrong.append(w)
+            if w not in wrong and w != right and W.judge(p.text, w).aspects["honest"] < honest: wrong.append(w)
             if len(wrong) == choices - 1: break
         if len(wrong) == choices - 1: out.append({"text": p.text, "choices": [right, *wrong]})
     return out
@@ -505,7 +506,7 @@ class ALMoSTBand:
         synthetic, gold_pairs = rm_pairs(pairs, qs), rm_pairs(pairs, qs, gold)
         if len(synthetic) < 2 or len(gold_pairs) < 2:
             raise DataError(f"{len(synthetic)} synthetic comparisons ({len(gold_pairs)} gold-ordered) from {len(texts)} queries; raise n_prompts")
-        rd.write_jsonl("comparisons.jsonl", [{**asdict(p), "gold": int(g)} for p, g in zip(rm_pairs(pairs, qs), gold)])
+        rd.write_jsonl("comparisons.jsonl", [{**asdict(p), "gold": int(g)} for p, g in zip(synthetic, gold)])
         kept = {c: sum(r is not None for r in rs) for c, rs in responses.items()}
         return {"queries": queries, "rm_pairs": synthetic, "gold_rm_pairs": gold_pairs, "label_accuracy": acc,
                 "counts": {"pg": pg, "rg_kept": kept, "comparisons": len(synthetic), "gold_ordered": len(gold_pairs)}}
@@ -541,12 +542,11 @@ class ALMoSTBand:
         a, b = texts["SFT (demonstrations)"], texts[f"prompted base ({cfg.best()})"]
         gold = prefer_scores(judge.score(prompts, a), judge.score(prompts, b), judge.tie)
         ctx = [p.context for p in prompts]
-        rms = [("RM (synthetic)", self.rm), ("RM (gold labels)", None)]
         table = []
-        for name, rm in rms:
+        for name, rm, pairs in (("RM (synthetic)", self.rm, data["rm_pairs"]), ("RM (gold labels)", None, data["gold_rm_pairs"])):
             rm = rm if rm is not None else load_reward_model(trained[name].checkpoint, cfg.dtype)
             sa, sb = (reward_scores(rm, tokenizer, ctx, [" " + t for t in ts]).numpy() for ts in (a, b))
-            table.append({"model": name, **pair_accuracy(sa, sb, gold), "trained_on": trained[name].counts.get("rows", len(data["rm_pairs"]))})
+            table.append({"model": name, **pair_accuracy(sa, sb, gold), "trained_on": len(pairs)})
         table.append({"model": "length heuristic", **pair_accuracy([len(t) for t in a], [len(t) for t in b], gold), "trained_on": 0})
         return {"counts": {**data["counts"], "rmsp": self.rmsp["counts"]}, "label_accuracy": data["label_accuracy"], "reward_models": table,
                 "policies": rows, "pairwise": pairwise, "best_of_n": self.rmsp["best_of_n"], "judge": judge.name, "samples": samples}
