@@ -24,6 +24,8 @@ TINY_OVERRIDES = {
     "dlma": {"n_prompts": 300, "n_eval": 80, "steps": 16, "cd_steps": 16},
     "almost": {"n_prompts": 80, "n_eval": 60, "rm_steps": 16, "rmsp_queries": 40, "rmsp_n": 4, "bon_ns": "[1, 2, 4]", "sft_steps": 12,
                "ppo_iterations": 2, "ppo_rollout_prompts": 16, "n_hhh": 60, "n_mc": 40},
+    "salmon": {"n_prompts": 120, "pmp_prompts": 120, "n_rm_eval": 60, "rm_steps": 16, "ppo_iterations": 2, "ppo_rollout_prompts": 16,
+               "n_eval": 60},
     "self_contrast": {"n_prompts": 64, "n_eval": 100, "steps": 10, "filters": '["all", "lastdedup-75"]'},
 }
 

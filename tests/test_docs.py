@@ -67,7 +67,7 @@ def test_pages_cover_methods_notebooks_api_and_reproductions(site):
     assert "selfalign.objectives.losses.dpo_loss" in api and "strength of the KL constraint" in api
     for mod in build.api_modules(): assert (site / "api" / f"{mod}.html").exists(), mod  # one page per module
     assert {"core.base", "objectives.losses", "bands.dpo", "cli"} <= set(build.api_modules())
-    for m in ("dpo", "dlma", "almost", "self_contrast"):
+    for m in ("dpo", "dlma", "almost", "self_contrast", "salmon"):
         assert (site / "methods" / f"{m}.html").exists(), m
     assert 'href="../nbs/bands/12_dpo.html"' in (site / "methods" / "dpo.html").read_text(encoding="utf-8")
     dpo = (site / "reproductions" / "dpo.html").read_text(encoding="utf-8")

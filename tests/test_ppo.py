@@ -1,5 +1,6 @@
 """Our PPO on the world: it beats the SFT model on the oracle's reward at a moderate KL; with LoRA the reference is the
-base model under the disabled adapter (no copy, the base untouched); the no-EOS penalty replaces the score."""
+base model under the disabled adapter (no copy, the base untouched); the no-EOS score replaces the score, SALMON's
+stop-token penalty and length bonus add to it."""
 import copy
 
 import numpy as np
@@ -62,6 +63,17 @@ def test_no_eos_score_replaces_the_score_of_unfinished_responses(tmp_path, world
     rec = res.log_history[0]
     assert rec["no_eos"] > 0.9 and rec["score"] == 1.0
     assert rec["shaped_score"] == pytest.approx(1.0 - 2.0 * rec["no_eos"])
+
+
+def test_salmon_stop_penalty_and_length_bonus_are_applied_in_the_loop(tmp_path, world):
+    # SALMON's launch script passed an undefined variable as its stop-token penalty, so it never applied; ours does.
+    sft, tok, train, _, _ = world
+    res = run_ppo(cfg(tmp_path, max_steps=1, max_new_tokens=2, no_eos_penalty=-6.0, length_bonus=5.0, length_bonus_tokens=4),
+                  copy.deepcopy(sft), tok, train, lambda p, r: [1.0] * len(r))
+    rec = res.log_history[0]
+    assert rec["no_eos"] > 0.9 and rec["score"] == 1.0
+    # every response has ≤ 2 tokens, so the bonus 5·min(len/4, 0.8) = 1.25·len stays under its cap
+    assert rec["shaped_score"] == pytest.approx(1.0 - 6.0 * rec["no_eos"] + 1.25 * rec["response_length"], abs=1e-5)
 
 
 def test_adapter_critic_shares_the_base_trains_and_resumes(tmp_path, world):

@@ -16,8 +16,8 @@ from typing import Any, Callable, ClassVar, Protocol, Sequence
 
 # %% auto #0
 __all__ = ['TrainSpec', 'BandConfig', 'load_policy', 'policy_files', 'train_stage', 'OfflinePrompts', 'HHRLHFPrompts',
-           'prompt_source', 'make_judge', 'Row', 'TrainedRow', 'Band', 'run_band', 'load_checkpoint', 'merged',
-           'rm_judge', 'train_ppo_row', 'round_rows', 'response_sep']
+           'OASST1Prompts', 'prompt_source', 'make_judge', 'Row', 'TrainedRow', 'Band', 'run_band', 'load_checkpoint',
+           'merged', 'rm_judge', 'train_ppo_row', 'round_rows', 'response_sep']
 
 # %% ../../nbs/bands/00_base.ipynb #447e23f6
 from ..core.base import RunDir, StageConfig, atomic_write_json, seed_everything
@@ -57,6 +57,7 @@ class BandConfig(TrainSpec):
     policy: str = "world:sft"  # "world:<sft|base-large|base-small>", "smollm2", or a folder / hub id (safetensors)
     prompts: str = "world"  # where prompts come from (see `prompt_source`)
     pairs_files: str | None = None  # local files in the hub dataset's schema (None: the hub)
+    prompts_files: str | None = None  # local files of a hub prompt source (`prompts: oasst1`) in its schema (None: the hub)
     judge: str = "oracle"  # "oracle" (world), "proxy" (refusal-and-topicality) or a band's own (e.g. "rm")
     n_prompts: int = 900  # training prompts
     n_eval: int = 200  # held-out evaluation prompts
@@ -75,7 +76,7 @@ class BandConfig(TrainSpec):
     accelerate_config: str | None = None  # your own accelerate YAML (default: the engine's, in selfalign/configs/)
     deepspeed_config: str | None = None  # your own DeepSpeed JSON for zero2/zero3
     report_to: str = "none"  # trackers for every stage's metrics: "tensorboard", "wandb" (offline), comma-separated
-    OPTIONAL: ClassVar[tuple[str, ...]] = ("pairs_files", "quantization", "accelerate_config", "deepspeed_config")  # "" in a parameter means None
+    OPTIONAL: ClassVar[tuple[str, ...]] = ("pairs_files", "prompts_files", "quantization", "accelerate_config", "deepspeed_config")  # "" in a parameter means None
 
     def __post_init__(self):
         if self.judge == "oracle" and self.prompts != "world": raise ValueError("the oracle judges world prompts only")
@@ -158,12 +159,25 @@ class HHRLHFPrompts:
         pairs, _ = load_hh_rlhf(data_files=self.data_files, split=split, limit=n)
         return [BandPrompt(p.prompt.rsplit("Human:", 1)[-1].split("\n\nAssistant:")[0].strip(), "unknown", p.prompt) for p in pairs[:n]]
 
+class OASST1Prompts:
+    """OASST1's root prompts (its `validation` split for evaluation), rendered with the tokenizer's chat template, or
+    as `### User` / `### Assistant` turns for a base model without one."""
+    def __init__(self, tokenizer, data_files=None): self.tokenizer, self.data_files = tokenizer, data_files
+    def prompts(self, n: int, split: str) -> list[BandPrompt]:
+        from selfalign.data.corpora import load_oasst1_prompts
+        texts, _ = load_oasst1_prompts(self.data_files, split="train" if split == "train" else "validation", limit=n)
+        if getattr(self.tokenizer, "chat_template", None):
+            render = lambda t: self.tokenizer.apply_chat_template([{"role": "user", "content": t}], tokenize=False, add_generation_prompt=True)
+        else: render = lambda t: f"### User\n{t}\n\n### Assistant\n"
+        return [BandPrompt(t, "unknown", render(t)) for t in texts]
+
 def prompt_source(cfg: BandConfig, tokenizer):
-    "The `PromptSource` named by `cfg.prompts`: 'world', 'offline' or 'hh-rlhf'."
+    "The `PromptSource` named by `cfg.prompts`: 'world', 'offline', 'hh-rlhf' or 'oasst1'."
     if cfg.prompts == "world": return WorldPrompts(seed=cfg.seed)
     if cfg.prompts == "offline": return OfflinePrompts(tokenizer, seed=cfg.seed)
     if cfg.prompts == "hh-rlhf": return HHRLHFPrompts(cfg.pairs_files)
-    raise ValueError(f"unknown prompts {cfg.prompts!r}: 'world', 'offline' or 'hh-rlhf'")
+    if cfg.prompts == "oasst1": return OASST1Prompts(tokenizer, cfg.prompts_files)
+    raise ValueError(f"unknown prompts {cfg.prompts!r}: 'world', 'offline', 'hh-rlhf' or 'oasst1'")
 
 def make_judge(name: str):
     "The `Judge` named `name`: 'oracle' or 'proxy'. Other judges (a trained reward model) are built by their band."
@@ -258,6 +272,7 @@ def train_ppo_row(cfg: BandConfig,  # the band's config (dtype, LoRA, sampling, 
                   rollout_prompts: int,  # prompts per rollout
                   epochs: int = 1,  # passes over each rollout
                   mini_batches: int = 2,  # minibatches per pass
+                  **ppo_options,  # other `PPOStageConfig` fields (shaping terms, KL clamp, ...)
                  ) -> StageResult:
     "Our PPO from `start`, the reward `score` and a critic initialised from a reward model; it trains in this process whatever the launcher."
     seed_everything(cfg.seed)
@@ -267,7 +282,7 @@ def train_ppo_row(cfg: BandConfig,  # the band's config (dtype, LoRA, sampling, 
     kw = row.spec.stage_kwargs(cfg.seed, bf16=cfg.dtype == "bf16")
     pcfg = PPOStageConfig(**kw, output_dir=str(out), report_to=cfg.report_to, rollout_prompts=rollout_prompts, ppo_epochs=epochs,
                           mini_batches=mini_batches, kl_coef=row.options["kl_coef"], max_new_tokens=cfg.max_new_tokens,
-                          temperature=cfg.temperature, gen_batch_size=cfg.gen_batch_size)
+                          temperature=cfg.temperature, gen_batch_size=cfg.gen_batch_size, **ppo_options)
     return run_ppo(pcfg, policy, tokenizer, list(by_context), reward_fn, critic=merged(copy.deepcopy(critic)))
 
 # %% ../../nbs/bands/00_base.ipynb #1af10f01

@@ -14,10 +14,10 @@ from pathlib import Path
 from typing import Iterable, Iterator
 
 # %% auto #0
-__all__ = ['PROMPT_SOURCES', 'HH_ASSISTANT', 'HH_SKIPS', 'PKU_CRITERIA', 'PKU_SKIPS', 'PromptSource', 'allocate',
-           'stratified_subset', 'read_donotanswer', 'read_harmbench', 'read_mtbench', 'prompts_dir', 'vendor_prompts',
-           'offline_prompts', 'offline_prompt_mix', 'file_rows', 'hub_rows', 'field_at', 'hh_pair', 'load_hh_rlhf',
-           'pku_pair', 'load_pku_saferlhf']
+__all__ = ['PROMPT_SOURCES', 'HH_ASSISTANT', 'HH_SKIPS', 'PKU_CRITERIA', 'PKU_SKIPS', 'SHP_SKIPS', 'OASST_SKIPS', 'PromptSource',
+           'allocate', 'stratified_subset', 'read_donotanswer', 'read_harmbench', 'read_mtbench', 'prompts_dir',
+           'vendor_prompts', 'offline_prompts', 'offline_prompt_mix', 'file_rows', 'hub_rows', 'field_at', 'hh_pair',
+           'load_hh_rlhf', 'pku_pair', 'load_pku_saferlhf', 'shp_pair', 'load_shp', 'load_oasst1_prompts']
 
 # %% ../../nbs/data/09_corpora.ipynb #0071e27b
 import datasets
@@ -314,3 +314,63 @@ def load_pku_saferlhf(data_files=None,  # local files in the hub's schema (path,
     _check_criterion(criterion)
     rows = islice(file_rows(data_files, split), limit) if data_files is not None else hub_rows(hub_id, split, limit, **load_kwargs)
     return _collect(rows, lambda r, w: pku_pair(r, w, criterion), PKU_SKIPS, f"PKU-SafeRLHF ({criterion})")
+
+# %% ../../nbs/data/09_corpora.ipynb #55937c62
+SHP_SKIPS = ("low_score_ratio", "empty_text", "identical_comments")
+
+def shp_pair(row: dict,  # one SHP row
+             where: str = "row",  # its place, for errors and `meta`
+             min_score_ratio: float = 2.0,  # keep pairs whose score ratio exceeds this (SALMON: 2)
+            ) -> PreferencePair | str:
+    "The `PreferencePair` (prompt = the post) of one SHP row, or why it is skipped (one of `SHP_SKIPS`)."
+    post, a, b = (field_at(row, k, where) for k in ("history", "human_ref_A", "human_ref_B"))
+    label = field_at(row, "labels", where, (int,))
+    if label not in (0, 1): fail_at(where, "labels", f"expected 0 or 1, got {label}")
+    ratio = field_at(row, "score_ratio", where, (int, float))
+    if not ratio > min_score_ratio: return "low_score_ratio"
+    if not (post.strip() and a.strip() and b.strip()): return "empty_text"
+    if a.strip() == b.strip(): return "identical_comments"
+    c, r = (a, b) if label == 1 else (b, a)
+    return PreferencePair(post, c, r, meta={"source": "SHP", "row": where, "domain": row.get("domain"), "score_ratio": float(ratio)})
+
+def load_shp(data_files=None,  # local files in the hub's schema (path, list, or dict split -> either); None: the hub
+             split: str = "train",  # "train", "validation" or "test"
+             limit: int | None = None,  # at most this many rows
+             min_score_ratio: float = 2.0,  # SALMON's filter
+             hub_id: str = "stanfordnlp/SHP",  # the hub dataset
+             **load_kwargs,  # passed to `datasets.load_dataset`
+            ) -> tuple[list[PreferencePair], dict[str, int]]:
+    "SHP rows with a clear preference as `PreferencePair`s, and the count of rows skipped for each reason."
+    rows = islice(file_rows(data_files, split), limit) if data_files is not None else hub_rows(hub_id, split, limit, **load_kwargs)
+    return _collect(rows, lambda r, w: shp_pair(r, w, min_score_ratio), SHP_SKIPS, "SHP")
+
+# %% ../../nbs/data/09_corpora.ipynb #6e036537
+OASST_SKIPS = ("not_root", "deleted", "other_language", "empty_text", "lone_root", "duplicate")
+
+def load_oasst1_prompts(data_files=None,  # local files in the hub's schema (path, list, or dict split -> either); None: the hub
+                        split: str = "train",  # "train" or "validation"
+                        lang: str | None = "en",  # keep this language only (None: all)
+                        limit: int | None = None,  # at most this many prompts
+                        hub_id: str = "OpenAssistant/oasst1",  # the hub dataset
+                        **load_kwargs,  # passed to `datasets.load_dataset`
+                       ) -> tuple[list[str], dict[str, int]]:
+    "The root prompts of OASST1 trees with at least two messages, in file order, and the count skipped for each reason."
+    rows = file_rows(data_files, split) if data_files is not None else hub_rows(hub_id, split, None, **load_kwargs)
+    roots, size, skipped = [], {}, dict.fromkeys(OASST_SKIPS, 0)
+    for where, row in rows:
+        tree = field_at(row, "message_tree_id", where)
+        size[tree] = size.get(tree, 0) + 1
+        parent = row.get("parent_id") if isinstance(row, dict) else None
+        if parent is not None: field_at(row, "parent_id", where); skipped["not_root"] += 1; continue
+        if field_at(row, "role", where) != "prompter": skipped["not_root"] += 1; continue
+        text = field_at(row, "text", where)
+        if row.get("deleted") is True: skipped["deleted"] += 1; continue
+        if lang is not None and field_at(row, "lang", where) != lang: skipped["other_language"] += 1; continue
+        if not text.strip(): skipped["empty_text"] += 1; continue
+        roots.append((tree, text.strip()))
+    out, seen = [], set()
+    for tree, text in roots:
+        if size[tree] < 2: skipped["lone_root"] += 1; continue
+        if text in seen: skipped["duplicate"] += 1; continue
+        seen.add(text); out.append(text)
+    return out[:limit], skipped

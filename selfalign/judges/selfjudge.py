@@ -11,7 +11,7 @@ import numpy as np
 from ..objectives.logps import completion_logps
 
 # %% auto #0
-__all__ = ['verdict_logps', 'two_order_scores', 'two_order_labels']
+__all__ = ['verdict_logps', 'order_scores', 'two_order_scores', 'agreeing_labels', 'two_order_labels']
 
 # %% ../../nbs/judges/21_selfjudge.ipynb #5509cb69
 def verdict_logps(model,  # a causal LM
@@ -29,19 +29,30 @@ def verdict_logps(model,  # a causal LM
     return np.stack(cols, axis=1).reshape(len(docs), 2)
 
 # %% ../../nbs/judges/21_selfjudge.ipynb #ccd36f4d
-def two_order_scores(model,  # a causal LM
-                     tokenizer,  # its tokenizer
-                     docs_ab: Sequence[str],  # judging documents showing a first
-                     docs_ba: Sequence[str],  # the same pairs with b shown first
-                     seps: str | Sequence[str] = " ",  # what precedes the verdict (one, or one per pair)
-                     batch_size: int = 32,  # sequences per forward pass
-                     verdicts: tuple[str, str] = ("(a)", "(b)"),  # the verdict naming the first / the second response
-                    ) -> np.ndarray:  # (N,) float32; > 0: a preferred
-    "s = [log p(a) − log p(b)] on the (a, b) order + [log p(b) − log p(a)] on the (b, a) order."
+def order_scores(model,  # a causal LM
+                 tokenizer,  # its tokenizer
+                 docs_ab: Sequence[str],  # judging documents showing a first
+                 docs_ba: Sequence[str],  # the same pairs with b shown first
+                 seps: str | Sequence[str] = " ",  # what precedes the verdict (one, or one per pair)
+                 batch_size: int = 32,  # sequences per forward pass
+                 verdicts: tuple[str, str] = ("(a)", "(b)"),  # the verdict naming the first / the second response
+                ) -> np.ndarray:  # (N, 2) float32: a's margin in each order; > 0: a preferred
+    "Per pair, [log p(a) − log p(b)] on the (a, b) order and [log p(b) − log p(a)] on the (b, a) order."
     if len(docs_ab) != len(docs_ba): raise ValueError(f"{len(docs_ab)} documents in order (a, b) but {len(docs_ba)} in (b, a)")
     ab = verdict_logps(model, tokenizer, docs_ab, seps, verdicts, batch_size)
     ba = verdict_logps(model, tokenizer, docs_ba, seps, verdicts, batch_size)
-    return (ab[:, 0] - ab[:, 1]) + (ba[:, 1] - ba[:, 0])
+    return np.stack([ab[:, 0] - ab[:, 1], ba[:, 1] - ba[:, 0]], axis=1)
+
+def two_order_scores(model, tokenizer, docs_ab: Sequence[str], docs_ba: Sequence[str], seps: str | Sequence[str] = " ",
+                     batch_size: int = 32, verdicts: tuple[str, str] = ("(a)", "(b)")) -> np.ndarray:  # (N,) float32; > 0: a preferred
+    "s = [log p(a) − log p(b)] on the (a, b) order + [log p(b) − log p(a)] on the (b, a) order (`order_scores` summed)."
+    return order_scores(model, tokenizer, docs_ab, docs_ba, seps, batch_size, verdicts).sum(1)
+
+def agreeing_labels(orders: np.ndarray,  # (N, 2) from `order_scores`
+                   ) -> np.ndarray:  # (N,) +1 / 0 / −1
+    "+1 where both orders prefer a, −1 where both prefer b, 0 (a tie) where they disagree — SALMON's rule."
+    o = np.asarray(orders, float)
+    return np.where((o > 0).all(1), 1, np.where((o < 0).all(1), -1, 0)).astype(int)
 
 def two_order_labels(model, tokenizer, docs_ab: Sequence[str], docs_ba: Sequence[str], seps: str | Sequence[str] = " ",
                      batch_size: int = 32, verdicts: tuple[str, str] = ("(a)", "(b)")) -> np.ndarray:  # (N,) +1 / 0 / −1

@@ -24,7 +24,7 @@ from ..core.base import ConfigError, StageConfig, atomic_write_json, seed_everyt
 from ..data.records import write_jsonl
 from ..models.loader import LoraSpec, load_model
 from .stages import (PreferenceStageConfig, RewardStageConfig, SFTStageConfig, StageResult,
-                                       reward_model_from)
+                                       is_reward_model, load_reward_model, reward_model_from)
 
 # %% ../../nbs/trainers/50_launch.ipynb #03d90096
 STAGES = {"sft": (SFTStageConfig, "selfalign.trainers.stages:run_sft"),
@@ -67,8 +67,12 @@ def last_checkpoint(output_dir: str | Path) -> Path | None:
     return max(done, key=lambda p: int(p.name.split("-")[-1]), default=None)
 
 def job_model(job: StageJob):
-    "The model a job starts from, as its stage trains it: a LoRA-wrapped LM, or a reward model built on the LM's backbone."
+    """The model a job starts from, as its stage trains it: a LoRA-wrapped LM, or a reward model built on the LM's
+    backbone — or, from a reward model's folder, that reward model, trained further (SALMON's principle fine-tuning
+    after preference-model pre-training; a LoRA reward model keeps its own adapter)."""
     lora = LoraSpec(**job.lora) if job.lora else None
+    if job.stage == "reward" and is_reward_model(job.model):
+        return load_reward_model(job.model, dtype=job.dtype, tokenizer=job.tokenizer or None, trainable=True)
     if job.stage == "reward":
         lm, tok = load_model(job.model, dtype=job.dtype, tokenizer=job.tokenizer or None)
         return reward_model_from(lm, tok.pad_token_id, lora=lora)

@@ -14,7 +14,7 @@ from typing import Callable, Sequence
 
 # %% auto #0
 __all__ = ['PPOStageConfig', 'disable_dropout', 'Rollout', 'pack', 'positions', 'response_logps', 'token_values', 'AdapterCritic',
-           'RunningMoments', 'run_ppo']
+           'RunningMoments', 'shaped_scores', 'run_ppo']
 
 # %% ../../nbs/trainers/60_ppo.ipynb #e927cf6a
 import torch
@@ -49,6 +49,10 @@ class PPOStageConfig(TrainStageConfig):
     lam: float = 0.95  # GAE's λ
     whiten_advantages: bool = True  # standardise advantages over each rollout batch
     no_eos_score: float | None = None  # the score of a response that never emitted EOS (None: its own score)
+    no_eos_penalty: float = 0.0  # added to the score of a response that never emitted EOS (SALMON's stop-token penalty: −6)
+    length_bonus: float = 0.0  # SALMON's length bonus: + length_bonus · min(tokens / length_bonus_tokens, length_bonus_cap)
+    length_bonus_tokens: int = 1024  # the length at which the bonus would reach its coefficient
+    length_bonus_cap: float = 0.8  # the bonus stops growing here (SALMON: 0.8)
     normalize_scores: bool = False  # divide scores by the running standard deviation of all scores so far
     score_clip: float | None = None  # clip (normalised) scores to ±this
     critic_warmup_steps: int = 0  # iterations that train only the critic
@@ -187,6 +191,21 @@ class RunningMoments:
     def std(self) -> float: return math.sqrt(self.m2 / self.n) if self.n > 1 else 1.0
     def state(self) -> dict: return {"n": self.n, "mean": self.mean, "m2": self.m2}
 
+# %% ../../nbs/trainers/60_ppo.ipynb #e142f788
+def shaped_scores(scores: torch.Tensor,  # (B,) the reward's scores
+                  no_eos: torch.Tensor,  # (B,) True where the response never ended
+                  lengths: torch.Tensor,  # (B,) response tokens
+                  no_eos_penalty: float = 0.0,  # added where `no_eos`
+                  length_bonus: float = 0.0,  # the bonus coefficient (0: none)
+                  length_tokens: int = 1024,  # L
+                  cap: float = 0.8,  # the bonus's cap before the coefficient
+                  multipliers: torch.Tensor | None = None,  # (B,) m per prompt (default 1)
+                 ) -> torch.Tensor:
+    "scores + no_eos_penalty·[no EOS] + length_bonus·min(lengths / length_tokens · m, cap)."
+    m = torch.ones_like(scores) if multipliers is None else multipliers.float()
+    bonus = length_bonus * torch.clamp(lengths.float() / length_tokens * m, max=cap)
+    return scores + no_eos_penalty * no_eos.float() + bonus
+
 # %% ../../nbs/trainers/60_ppo.ipynb #3c4cf6d1
 def _seq_len_stats(mask): return mask.sum(1).float().mean().item()
 
@@ -258,6 +277,8 @@ def run_ppo(cfg: PPOStageConfig,  # the stage config
         if cfg.normalize_scores: moments.update(scores); scores = scores / max(moments.std, 1e-8)
         if cfg.score_clip is not None: scores = scores.clamp(-cfg.score_clip, cfg.score_clip)
         if cfg.no_eos_score is not None: scores = torch.where(ro.no_eos, torch.tensor(cfg.no_eos_score), scores)
+        scores = shaped_scores(scores, ro.no_eos, ro.mask.sum(1), cfg.no_eos_penalty, cfg.length_bonus, cfg.length_bonus_tokens,
+                               cfg.length_bonus_cap)
         rewards, kl = token_rewards(scores, old_lp, ref_lp, ro.mask, cfg.kl_coef, cfg.kl_estimator, cfg.kl_min)
         adv, ret = gae(rewards, old_v, ro.mask, cfg.gamma, cfg.lam)
         if cfg.whiten_advantages: adv = masked_whiten(adv, ro.mask)

@@ -16,7 +16,7 @@ __all__ = ['phase_split', 'TrainStageConfig', 'report_to', 'trl_args', 'SFTStage
            'PreferenceStageConfig', 'to_records', 'pair_columns', 'takes_margin', 'fit_to_length', 'StageResult',
            'stage_dataset', 'row_hash', 'RowTrace', 'rank_record', 'KillAt', 'quiet_when_piped', 'train_and_save',
            'as_model', 'run_sft', 'reward_model_from', 'run_reward', 'reward_scores', 'load_reward_model',
-           'reward_accuracy', 'PreferenceCollator', 'PreferenceTrainer', 'run_preference']
+           'is_reward_model', 'reward_accuracy', 'PreferenceCollator', 'PreferenceTrainer', 'run_preference']
 
 # %% ../../nbs/trainers/10_stages.ipynb #8c9a5db7
 import torch
@@ -362,6 +362,7 @@ def reward_scores(rm,  # a trained reward model
 def load_reward_model(folder: str | Path,  # a reward stage's `final/`
                       dtype: str | torch.dtype = "fp32",  # dtype to load in
                       tokenizer: str | Path | None = None,  # the tokenizer's folder (for a LoRA adapter's base; default: the base)
+                      trainable: bool = False,  # keep a LoRA adapter trainable (to train the reward model further)
                      ):
     "A trained reward model from its folder: full weights, or a LoRA adapter on the backbone it was trained from."
     folder = Path(folder)
@@ -370,7 +371,15 @@ def load_reward_model(folder: str | Path,  # a reward stage's `final/`
     from peft import PeftModel
     base = json.loads((folder / "adapter_config.json").read_text())["base_model_name_or_path"]
     lm, tok = load_model(base, dtype=dtype, tokenizer=tokenizer)
-    return PeftModel.from_pretrained(reward_model_from(lm, tok.pad_token_id), folder)
+    return PeftModel.from_pretrained(reward_model_from(lm, tok.pad_token_id), folder, is_trainable=trainable)
+
+def is_reward_model(folder: str | Path) -> bool:
+    "Does `folder` hold a reward model (a sequence classifier, or a LoRA adapter saved from one), rather than a causal LM?"
+    folder = Path(folder)
+    if (folder / "adapter_config.json").exists():
+        return json.loads((folder / "adapter_config.json").read_text()).get("task_type") == "SEQ_CLS"
+    cfg = folder / "config.json"
+    return cfg.exists() and any(a.endswith("ForSequenceClassification") for a in json.loads(cfg.read_text()).get("architectures") or [])
 
 def reward_accuracy(rm, tokenizer, pairs: Sequence[PreferencePair], batch_size: int = 64) -> float:
     "Share of pairs the reward model orders as labelled."
