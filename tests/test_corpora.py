@@ -308,3 +308,31 @@ def test_pku_hub_path(monkeypatch):
     pairs, _ = load_pku_saferlhf(name="alpaca-7b")
     assert calls == [("PKU-Alignment/PKU-SafeRLHF", "train", {"name": "alpaca-7b"})]
     assert len(pairs) == 2 and pairs[1].meta["row"] == "PKU-Alignment/PKU-SafeRLHF/alpaca-7b train row 1"
+
+
+# --- SALMON's sources: SHP (PMP) and OASST1 root prompts, on fixtures in the hub's schemas ----------------------------
+from selfalign.data.corpora import SHP_SKIPS, load_oasst1_prompts, load_shp  # noqa: E402
+
+SHP, SHP_BAD, OASST = FIX / "shp.jsonl", FIX / "shp_malformed.jsonl", FIX / "oasst1.jsonl"
+
+
+def test_shp_pairs_follow_the_label_and_the_score_ratio_filter():
+    pairs, skipped = load_shp(SHP)
+    assert set(skipped) == set(SHP_SKIPS) and skipped["low_score_ratio"] == 2  # 10 vs 7 and 8 vs 6 votes
+    assert [p.prompt for p in pairs][:2] == ["How long should I rest a steak before cutting it?", "Why does my bread come out dense?"]
+    assert pairs[2].chosen.startswith("Only if it thawed") and pairs[0].chosen.startswith("About five")  # labels 0: B preferred
+    assert all(p.meta["score_ratio"] > 2 and p.meta["row"].startswith(str(SHP)) for p in pairs)
+    assert len(load_shp(SHP, min_score_ratio=1.0)[0]) == 5
+
+
+def test_shp_malformed_row_names_file_line_and_field():
+    with pytest.raises(DataError, match=r"shp_malformed\.jsonl:2: field 'labels': expected a number, got string"):
+        load_shp(SHP_BAD)
+
+
+def test_oasst1_root_prompts_of_answered_trees_once_each():
+    prompts, skipped = load_oasst1_prompts(OASST)
+    assert prompts == ["Explain how tides work.", "Write a haiku about autumn."]
+    assert (skipped["lone_root"], skipped["other_language"], skipped["deleted"], skipped["duplicate"]) == (1, 1, 1, 1)
+    assert load_oasst1_prompts(OASST, lang=None)[0][-1] == "¿Qué es la fotosíntesis?"
+    assert load_oasst1_prompts(OASST, limit=1)[0] == ["Explain how tides work."]
