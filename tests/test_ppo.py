@@ -76,6 +76,21 @@ def test_salmon_stop_penalty_and_length_bonus_are_applied_in_the_loop(tmp_path, 
     assert rec["shaped_score"] == pytest.approx(1.0 - 6.0 * rec["no_eos"] + 1.25 * rec["response_length"], abs=1e-5)
 
 
+def test_gradient_checkpointing_changes_memory_not_the_result(tmp_path, world):
+    # with the critic a second adapter, a recompute under the policy's adapter would give the critic wrong gradients:
+    # the KL of the second iteration then differed ninefold
+    sft, tok, train, _, oracle = world
+    runs = {}
+    for gc in (False, True):
+        policy = apply_lora(copy.deepcopy(sft), LoraSpec(r=8, alpha=16, dropout=0.0))
+        runs[gc] = run_ppo(cfg(tmp_path / str(gc), max_steps=2, ppo_epochs=1, learning_rate=1e-3, critic="adapter", gradient_checkpointing=gc),
+                           policy, tok, train, oracle).log_history
+    assert runs[False][0]["score"] == runs[True][0]["score"]  # the same first rollout
+    for a, b in zip(runs[False], runs[True]):  # recomputed activations: the same updates up to float reassociation
+        for k in ("score", "kl", "vf_loss"): assert a[k] == pytest.approx(b[k], rel=1e-3, abs=1e-6), k
+        assert a["pg_loss"] == pytest.approx(b["pg_loss"], rel=1e-2)  # a mean of small terms of both signs
+
+
 def test_adapter_critic_shares_the_base_trains_and_resumes(tmp_path, world):
     "critic='adapter': a second LoRA adapter on the policy's base; the base stays untouched, both adapters train, and a"
     " run resumed from its checkpoint repeats the uninterrupted one."

@@ -7,7 +7,7 @@ Docs: https://selfalign.github.io/selfalign/trainers/ppo.html.md"""
 
 # %% ../../nbs/trainers/60_ppo.ipynb #092faa2c
 from __future__ import annotations
-import copy, json, math, sys, time
+import contextlib, copy, json, math, sys, time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Sequence
@@ -154,6 +154,14 @@ class AdapterCritic(torch.nn.Module):
         self._policy[0].set_adapter(adapter)
         for p in self._own + self._main: p.requires_grad_(True)
 
+    @contextlib.contextmanager
+    def active(self):
+        """This adapter active, for a backward pass that recomputes its activations (gradient checkpointing recomputes
+        under whichever adapter is active at backward time, not the one the forward ran under)."""
+        self._use(self.name)
+        try: yield
+        finally: self._use(self.main)
+
     def forward(self, input_ids, attention_mask):
         base = self._policy[0].get_base_model()
         self._use(self.name)
@@ -234,6 +242,10 @@ def run_ppo(cfg: PPOStageConfig,  # the stage config
         critic = reward_model_from(copy.deepcopy(policy).merge_and_unload() if lora else policy, tokenizer.pad_token_id)
     disable_dropout(critic)
     critic.requires_grad_(True)
+    if cfg.gradient_checkpointing:  # recompute activations in the training passes (rollouts and scoring run without grad)
+        gc = {"gradient_checkpointing_kwargs": {"use_reentrant": False}}
+        policy.gradient_checkpointing_enable(**gc)  # an adapter critic runs on the same base, so it recomputes too
+        if not isinstance(critic, AdapterCritic): critic.gradient_checkpointing_enable(**gc)
     own = {id(p) for p in critic.parameters()}  # an adapter critic's weights live in the policy too
     pol_params = [p for p in policy.parameters() if p.requires_grad and id(p) not in own]
     opt = torch.optim.AdamW([{"params": pol_params, "lr": cfg.learning_rate},
@@ -293,17 +305,19 @@ def run_ppo(cfg: PPOStageConfig,  # the stage config
             for j in range(cfg.mini_batches):
                 s = torch.tensor(sorted(perm[j * mb:(j + 1) * mb]))
                 sub = Rollout(ro.input_ids[s], ro.attention_mask[s], ro.pos[s], ro.mask[s], [], [], ro.no_eos[s])
+                # the critic's loss and the policy's go backward one after the other (their parameters are disjoint,
+                # so the gradients are those of the sum), each freeing its activations before the next forward
                 vpred = token_values(critic, sub)
                 vf, vst = value_loss(vpred, old_v[s], ret[s], sub.mask, cfg.vf_clip_range)
-                loss = cfg.vf_coef * vf
+                with critic.active() if isinstance(critic, AdapterCritic) else contextlib.nullcontext():
+                    (cfg.vf_coef * vf).backward()
                 if train_policy:
                     lp, ent = response_logps(policy, sub, cfg.temperature, with_entropy=True)
                     pg, pst = policy_loss(lp, old_lp[s], adv[s], sub.mask, cfg.clip_range)
                     entropy = masked_mean(ent, sub.mask)
-                    loss = loss + pg - cfg.entropy_coef * entropy
+                    (pg - cfg.entropy_coef * entropy).backward()
                     acc["pg_loss"].append(pg.item()); acc["entropy"].append(entropy.item())
                     for key in ("clipfrac", "approx_kl", "ratio"): acc[key].append(pst[key])
-                loss.backward()
                 torch.nn.utils.clip_grad_norm_(pol_params, cfg.max_grad_norm)
                 torch.nn.utils.clip_grad_norm_(critic.parameters(), cfg.max_grad_norm)
                 opt.step(); sched.step(); opt.zero_grad(set_to_none=True)
