@@ -2,7 +2,9 @@
 run: the same model, prompts, batch shape (rollouts of `--prompts` prompts, 2 minibatches, `--epochs` PPO epochs),
 response length, reward model (a scalar head on the world's base-large, or on SmolLM2) and critic (a copy of that reward
 model), full fine-tuning and LoRA (reference = the disabled adapter in both). Ours also runs `lora-adapter`: the critic
-as a second LoRA adapter on the policy's own base (`critic="adapter"`) instead of a full copy of the reward model.
+as a second LoRA adapter on the policy's own base (`critic="adapter"`) instead of a full copy of the reward model, and
+`lora-adapter-gc`: the same with gradient checkpointing (activations recomputed in the training passes; TRL runs at its
+default, without).
 
 Every configuration runs in its own process (`--one`), so its peak RSS is its own. trl 1.12 is installed once with
 `pip install --no-deps --target bench/.cache/trl-1.12`; a TRL process builds the models with selfalign (our trl 1.16
@@ -12,7 +14,7 @@ rollout / reference (the rollout policy's and the reference's log-probs, the cri
 
 Prints a table and writes bench/results/ppo_step.json.
 
-    python bench/ppo_step.py [--iterations 3] [--prompts 32] [--models tiny,smollm2]
+    python bench/ppo_step.py [--iterations 3] [--prompts 32] [--models tiny,smollm2] [--modes lora-adapter,lora-adapter-gc]
 """
 import os
 
@@ -76,7 +78,7 @@ def run_ours(model: str, mode: str, a) -> dict:
         cfg = PPOStageConfig(output_dir=d, max_steps=a.iterations, rollout_prompts=a.prompts, ppo_epochs=a.epochs, mini_batches=2,
                              learning_rate=2e-5, max_new_tokens=SIZES[model]["max_new_tokens"], temperature=1.0, kl_coef=0.05,
                              seed=0, lr_scheduler_type="constant", gen_batch_size=a.prompts,
-                             critic="adapter" if mode == "lora-adapter" else "model")
+                             critic="adapter" if mode.startswith("lora-adapter") else "model", gradient_checkpointing=mode.endswith("-gc"))
         t = time.perf_counter(); res = run_ppo(cfg, policy, tok, texts, reward, critic=rm); wall = time.perf_counter() - t
     h = res.log_history
     return {"iteration_s": wall / a.iterations, **{k: sum(r[k] for r in h) / len(h) for k in PHASES},
@@ -129,6 +131,7 @@ def main():
     ap.add_argument("--prompts", type=int, default=32)
     ap.add_argument("--epochs", type=int, default=4)
     ap.add_argument("--models", default="tiny,smollm2")
+    ap.add_argument("--modes", default="", help="run only these of our modes (e.g. lora-adapter,lora-adapter-gc); TRL's always run")
     ap.add_argument("--one", help=argparse.SUPPRESS)  # impl:model:mode, in a process of its own
     ap.add_argument("--out", default=str(HERE / "results" / "ppo_step.json"))
     a = ap.parse_args()
@@ -139,7 +142,9 @@ def main():
     specs = []
     for model in a.models.split(","):
         for mode in (("full", "lora") if model == "tiny" else ("lora",)):
-            specs += [f"ours:{model}:{mode}"] + ([f"ours:{model}:lora-adapter"] if mode == "lora" else []) + ([] if why else [f"trl:{model}:{mode}"])
+            specs += [f"ours:{model}:{mode}"] + ([f"ours:{model}:lora-adapter", f"ours:{model}:lora-adapter-gc"] if mode == "lora" else []) + \
+                     ([] if why else [f"trl:{model}:{mode}"])
+    if a.modes: specs = [s for s in specs if s.startswith("trl:") or s.split(":")[2] in a.modes.split(",")]
     rows = []
     for spec in specs:
         r = subprocess.run([sys.executable, __file__, "--one", spec, "--iterations", str(a.iterations), "--prompts", str(a.prompts),
@@ -148,7 +153,7 @@ def main():
         if r.returncode or not line: raise SystemExit(f"{spec} failed:\n{r.stderr[-3000:]}")
         rows.append(json.loads(line[0][4:])); print(spec, "done", flush=True)
     for r in rows:  # ours against TRL on the same model and mode
-        mode = "lora" if r["mode"] == "lora-adapter" else r["mode"]  # our adapter critic against TRL's LoRA run
+        mode = "lora" if r["mode"].startswith("lora") else r["mode"]  # our adapter critic (with or without checkpointing) against TRL's LoRA run
         other = next((o for o in rows if o["impl"] == "trl" and o["model"] == r["model"] and o["mode"] == mode), None)
         if r["impl"] == "ours" and other:
             r["speedup_vs_trl"] = other["iteration_s"] / r["iteration_s"]; r["rss_vs_trl"] = r["peak_rss_mb"] / other["peak_rss_mb"]
