@@ -283,8 +283,8 @@ class SALMONBandConfig(BandConfig):
 
 # %% ../../nbs/bands/50_salmon.ipynb #70cb5dd9
 def cut(cfg: SALMONBandConfig, text: str) -> str:
-    "A sampled continuation cut at the end of the assistant's turn."
-    return text.split("\n")[0].strip() if cfg.template == "world" else text.strip()
+    "A sampled continuation cut at the end of the assistant's turn (in the text format, at the next `### User`: SALMON's stop string)."
+    return text.split("\n")[0].strip() if cfg.template == "world" else text.split("### User")[0].strip()
 
 def sample_pairs(cfg: SALMONBandConfig, model, tokenizer, prompts: Sequence[BandPrompt], seed: int) -> tuple[list, list, dict]:
     "Two responses per prompt; pairs with a too-short or identical response are dropped and counted."
