@@ -80,7 +80,11 @@ def test_two_ranks_match_one(engine, tmp_path, pairs, reference):
     assert sorted(seen[0] + seen[1]) == sorted(ref_rows)  # the same rows as the one-rank run
     w, w_ref = load_file(res.final_dir / "model.safetensors"), load_file(ref.final_dir / "model.safetensors")
     assert w_ref.keys() <= w.keys()  # DeepSpeed also writes the tied `lm_head.weight`
-    assert max((w[k].float() - w_ref[k].float()).abs().max().item() for k in w_ref) < 1e-5
+    diff = torch.cat([(w[k].float() - w_ref[k].float()).abs().flatten() for k in w_ref])
+    if engine == "zero3":  # gradients reduce-scattered in another order: Adam's step on an element whose gradient is
+        # ~0 turns on its last bits, so a few elements may move by a fraction of lr (seen: 2.1e-5 on an AVX2-only EPYC)
+        assert (diff > 1e-5).float().mean().item() < 1e-4 and diff.max().item() < 3e-4, (int((diff > 1e-5).sum()), diff.max().item())
+    else: assert diff.max().item() < 1e-5
     assert (tmp_path / "data" / "train").is_dir()  # the stage's data on disk, where every rank reads it
 
 
