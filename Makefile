@@ -72,7 +72,7 @@ reproduce: install  ## the main job: every paper at the tiny scale, into runs/
 	$(BIN)/selfalign reproduce all --scale tiny --out runs
 
 test: install install-small install-vllm install-docs install-browser  ## the test suite (executes every notebook)
-	SELFALIGN_REQUIRE_VLLM=1 $(BIN)/python -m pytest
+	SELFALIGN_REQUIRE_VLLM=1 $(BIN)/python -m pytest -n 2 --dist loadgroup
 
 lab: install  ## JupyterLab on localhost with the `selfalign` kernel (open nbs/ or papers/)
 	$(BIN)/jupyter lab --ip=127.0.0.1 --no-browser --ServerApp.root_dir=$(CURDIR)

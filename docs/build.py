@@ -164,15 +164,14 @@ def notebook_title(nb) -> str:
 # reproductions
 
 def latest_runs(runs: Path, paper: str) -> list[Path]:
-    "The run folders of `paper` under `runs` (`runs/<paper>/<config>/metrics.json`), newest first."
-    found = [p.parent for p in (runs / paper).glob("*/metrics.json")] if (runs / paper).is_dir() else []
+    "The finished run folders of `paper` under `runs` (`runs/<paper>/<config>/metrics.json`, no `INCOMPLETE.json`), newest first."
+    found = [p.parent for p in (runs / paper).glob("*/metrics.json") if not (p.parent / "INCOMPLETE.json").exists()] if (runs / paper).is_dir() else []
     return sorted(found, key=lambda p: (-(p / "metrics.json").stat().st_mtime, p.name))
 
 
 def reproduction_page(paper: str, run_dirs: list[Path], dest: Path) -> str:
     "The markdown of a paper's reproductions page; its figures are copied beside it under `dest`."
-    from selfalign.core.base import validate_metrics
-    from selfalign.report import CLAIM_HEADER, _fmt, _md_table, _table_rows
+    from selfalign.report import CLAIM_HEADER, _fmt, _md_table, _table_rows, claim_cells, read_metrics, verdict_counts
     title = PAPER_TITLES.get(paper, paper)
     md = [f"# {title}: reproduction", ""]
     if not run_dirs:
@@ -180,13 +179,16 @@ def reproduction_page(paper: str, run_dirs: list[Path], dest: Path) -> str:
                f"`selfalign reproduce {paper} --scale tiny --out runs`) and build the docs again.", ""]
         return "\n".join(md)
     md += [f"Read from the latest run folder of each config (`runs/{paper}/<config>/`) when the site was built; the docs "
-           "never re-run training. A claim that does not hold is a finding at that scale.", ""]
+           "never re-run training. A claim's verdict comes from its 95% interval against its threshold: it **holds** when "
+           "the whole interval is on the claim's side, *fails* when the whole interval is on the other side, and is "
+           "*inconclusive* when the interval spans the threshold. A claim that does not hold is a finding at that scale.", ""]
     for run in sorted(run_dirs, key=lambda p: p.name):
-        m = validate_metrics(json.loads((run / "metrics.json").read_text(encoding="utf-8")), str(run / "metrics.json"))
+        m = read_metrics(run / "metrics.json")
+        seeds = m.get("seeds") or [m["seed"]]
         md += [f"## {m['config']} ({m['scale']} scale)", "",
-               f"Seed {m['seed']}, wall time {_fmt(m.get('wall_s'))} s.", "", "### Claims", ""]
-        rows = [[c["id"], _fmt(c["value"]), _fmt(c["ci95"]), _fmt(c["threshold"]), "**yes**" if c["holds"] else "no",
-                 c["statement"]] for c in m["claims"]]
+               f"{'Seeds ' + ', '.join(map(str, seeds)) + ' (claims pooled over seeds × prompts)' if len(seeds) > 1 else f'Seed {seeds[0]}'}, "
+               f"wall time {_fmt(m.get('wall_s'))} s. Verdicts: {verdict_counts(m['claims'])}.", "", "### Claims", ""]
+        rows = [claim_cells(c) for c in m["claims"]]
         md += [_md_table([h for h in CLAIM_HEADER if h not in ("paper", "config")], rows) if rows else "_no claims_", ""]
         figs = sorted(run.glob("*.png"))
         if figs:

@@ -7,7 +7,16 @@ A paper is a folder `papers/<paper>/` holding a parameterised notebook (`reprodu
 another) and `configs/<artefact>.yaml`, one file per paper artefact (`table2.yaml`, `fig3.yaml`). Each config is run
 into `DIR/<paper>/<artefact>/`, which receives the executed notebook and everything the notebook writes there
 (`config.json`, `env.json`, `metrics.json`, figures). Parameters are layered, later wins: the notebook's defaults,
-the config file, its `by_scale:` section for the chosen scale, each `-f` file in order, then each `-p`.
+the config file, its `by_scale:` section for the chosen scale, each `-f` file in order, then each `-p`. YAML is read
+strictly: a key given twice is an error, and `1e-4`, `1E5`, `.5` and `inf` are numbers (as in YAML 1.2).
+
+A run folder says which run it holds. Before a notebook starts, the previous run's top-level outputs there
+(`metrics.json`, `config.json`, `env.json`, figures, the executed notebook, a report) are removed and `INCOMPLETE.json`
+(the command, the start time, then the status) is written; it is removed when the notebook succeeds and stays, saying
+`failed` or `interrupted`, when it does not. Subfolders (trained checkpoints a resumed run can use) are kept.
+
+Ctrl-C stops the notebook at its current cell (a second Ctrl-C stops at once), skips the notebooks not yet started,
+writes the report for what ran, the interrupted notebook marked as such, and exits with status 130.
 
 `selfalign world ...` manages the miniature world: `world build` trains its tokenizer, base models and SFT model
 (`selfalign.world.models.build_world`) into `selfalign/assets/world/` unless `--out` says otherwise.
@@ -15,8 +24,17 @@ the config file, its `by_scale:` section for the chosen scale, each `-f` file in
 from __future__ import annotations
 
 import argparse
+import datetime
+import functools
+import json
 import os
+import re
+import shlex
+import shutil
+import signal
 import sys
+import tempfile
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,6 +43,9 @@ import yaml
 
 RESERVED = {"notebook", "by_scale", "description"}  # config keys that are not notebook parameters
 SCALES = ("tiny", "small", "paper")
+CLI_OWNED = {"scale": "the scale with --scale", "config": "configs with -c", "out_dir": "the output folder with --out"}
+STALE = ("metrics.json", "config.json", "env.json", "REPORT.md", "report.html", "*.png")  # a previous run's outputs
+MARKER = "INCOMPLETE.json"
 
 
 class ReproduceError(Exception):
@@ -43,9 +64,30 @@ def list_papers(root: Path) -> list[str]:
     return sorted(p.name for p in root.iterdir() if p.is_dir() and (p / "configs").is_dir())
 
 
+class StrictLoader(yaml.SafeLoader):
+    "YAML for parameters: a mapping key given twice is an error; `1e-4`, `1E5`, `inf`, `nan` are floats (YAML 1.2)."
+    def construct_mapping(self, node, deep=False):
+        seen = {}
+        for k, _ in node.value:
+            if not isinstance(k, yaml.ScalarNode) or k.tag == "tag:yaml.org,2002:merge": continue
+            key = self.construct_object(k)
+            if key in seen:
+                problem = f"duplicate key {key!r} (first on line {seen[key] + 1})"
+                raise yaml.constructor.ConstructorError(None, None, problem, k.start_mark)
+            seen[key] = k.start_mark.line
+        return super().construct_mapping(node, deep)
+
+
+StrictLoader.add_implicit_resolver(  # after YAML 1.1's resolvers: only what they leave a string becomes a float
+    "tag:yaml.org,2002:float",
+    re.compile(r"^[-+]?(?:(?:[0-9][0-9_]*(?:\.[0-9_]*)?|\.[0-9][0-9_]*)[eE][-+]?[0-9]+|inf|infinity|nan)$", re.I),
+    list("-+0123456789.iInN"))
+
+
 def _load_yaml(path: Path) -> dict:
-    try: data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    try: data = yaml.load(path.read_text(encoding="utf-8"), Loader=StrictLoader)
     except FileNotFoundError: raise ReproduceError(f"{path}: no such file") from None
+    except IsADirectoryError: raise ReproduceError(f"{path}: is a folder, not a YAML file") from None
     except UnicodeDecodeError as e: raise ReproduceError(f"{path}: not UTF-8 text ({e.reason})") from None
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
@@ -57,8 +99,8 @@ def _load_yaml(path: Path) -> dict:
 
 
 def _parse_value(text: str):
-    "A `-p` value read as a YAML scalar: `0.3` → float, `true` → bool, `[1, 2]` → list, else the string."
-    try: return yaml.safe_load(text)
+    "A `-p` value read as a YAML scalar: `0.3`, `1e-4` → float, `true` → bool, `[1, 2]` → list, else the string."
+    try: return yaml.load(text, Loader=StrictLoader)
     except yaml.YAMLError: return text
 
 
@@ -75,18 +117,30 @@ class Job:
 _TYPES = {"int": (int,), "float": (int, float), "str": (str,), "bool": (bool,), "list": (list,), "dict": (dict,)}
 
 
-def _check_parameters(notebook: Path, params: dict, where: str) -> None:
-    "Reject names the notebook does not declare and values of the wrong type, before anything runs."
+def _check_parameters(notebook: Path, params: dict, origin: dict) -> None:
+    "Reject names the notebook does not declare and values of the wrong type, naming where each was set."
     import papermill as pm
-    declared = pm.inspect_notebook(str(notebook))
-    unknown = sorted(set(params) - set(declared))
+    try: declared = pm.inspect_notebook(str(notebook))
+    except Exception as e:  # not JSON, not a notebook, ...
+        raise ReproduceError(f"{notebook}: not a readable notebook ({str(e).strip().splitlines()[0][:200]})") from None
+    unknown = [k for k in params if k not in declared]
     if unknown:
-        raise ReproduceError(f"{where}: unknown parameter(s) {unknown} for {notebook}; it declares: {sorted(declared)}")
+        where = origin[unknown[0]]
+        raise ReproduceError(f"{where}: unknown parameter(s) {sorted(k for k in unknown if origin[k] == where)} for "
+                             f"{notebook}; it declares: {sorted(declared)}")
     for k, v in params.items():
         tname = (declared[k].get("inferred_type_name") or "").replace("None", "").strip(" |")
         ok = _TYPES.get(tname)
         if ok and v is not None and (not isinstance(v, ok) or (tname != "bool" and isinstance(v, bool))):
-            raise ReproduceError(f"{where}: parameter '{k}' should be {tname}, got {v!r}")
+            raise ReproduceError(f"{origin[k]}: parameter '{k}' should be {tname}, got {v!r}")
+
+
+def _layer(params: dict, origin: dict, data: dict, where) -> None:
+    "Add `data` to `params`, recording where each came from; `where` is a string or a function of the name."
+    for k, v in data.items():
+        at = where(k) if callable(where) else where
+        if k in CLI_OWNED: raise ReproduceError(f"{at}: '{k}' is set by the command line; choose {CLI_OWNED[k]}")
+        params[k], origin[k] = v, at
 
 
 def plan(paper: str, scale: str, out: Path, configs: list[str] | None = None, files: list[Path] = (),
@@ -98,9 +152,9 @@ def plan(paper: str, scale: str, out: Path, configs: list[str] | None = None, fi
         papers = [p for p in available if not p.startswith("_")] or [p for p in available if p == "_template"]
     elif paper in available: papers = [paper]
     else: raise ReproduceError(f"unknown paper {paper!r}; available: {', '.join(available) or '(none)'} (in {root})")
-    extra = {}
-    for f in files: extra.update(_load_yaml(Path(f)))
-    extra.update(overrides or {})
+    extra, extra_origin = {}, {}
+    for f in files: _layer(extra, extra_origin, _load_yaml(Path(f)), str(f))
+    _layer(extra, extra_origin, overrides or {}, lambda k: f"-p {k}")
     jobs = []
     for name in papers:
         cfg_dir = root / name / "configs"
@@ -110,32 +164,142 @@ def plan(paper: str, scale: str, out: Path, configs: list[str] | None = None, fi
         if missing and paper != "all":
             raise ReproduceError(f"{name}: no config(s) {missing}; available: {sorted(found)}")
         for c in (c for c in wanted if c in found):
-            data = _load_yaml(found[c])
-            nb = root / name / data.get("notebook", "reproduce.ipynb")
-            if not nb.exists(): raise ReproduceError(f"{found[c]}: notebook {nb.name} not found in {nb.parent}")
+            path = found[c]
+            data = _load_yaml(path)
+            nb_name = data.get("notebook", "reproduce.ipynb")
+            if not isinstance(nb_name, str) or not nb_name.endswith(".ipynb"):
+                raise ReproduceError(f"{path}: 'notebook' should name a notebook file (*.ipynb), got {nb_name!r}")
             by_scale = data.get("by_scale") or {}
-            if not isinstance(by_scale, dict) or not all(isinstance(v, dict) for v in by_scale.values()):
-                raise ReproduceError(f"{found[c]}: 'by_scale' must map a scale name to parameters")
-            params = {k: v for k, v in data.items() if k not in RESERVED}
-            params.update(by_scale.get(scale) or {})
-            params.update(extra)
+            if not isinstance(by_scale, dict) or not all(isinstance(v, (dict, type(None))) for v in by_scale.values()):
+                raise ReproduceError(f"{path}: 'by_scale' must map a scale name to parameters")
+            typos = [k for k in by_scale if k not in SCALES]
+            if typos: raise ReproduceError(f"{path}: by_scale has unknown scale(s) {typos}; scales: {', '.join(SCALES)}")
+            nb = root / name / nb_name
+            if not nb.is_file(): raise ReproduceError(f"{path}: notebook {nb.name} not found in {nb.parent}")
+            params, origin = {}, {}
+            _layer(params, origin, {k: v for k, v in data.items() if k not in RESERVED}, str(path))
+            _layer(params, origin, by_scale.get(scale) or {}, f"{path} (by_scale: {scale})")
+            params.update(extra); origin.update(extra_origin)
             run_dir = out / name / c
             params.update(scale=scale, config=c, out_dir=str(run_dir.resolve()))
-            _check_parameters(nb, params, str(found[c]))
+            origin.update(dict.fromkeys(CLI_OWNED, "selfalign (a paper notebook declares scale, config and out_dir)"))
+            _check_parameters(nb, params, origin)
             jobs.append(Job(name, c, nb, run_dir, params))
     if not jobs: raise ReproduceError(f"nothing to run for {paper!r} with configs {configs}")
     return jobs
 
 
-def run_job(job: Job, kernel: str | None = None, progress: bool = False) -> tuple[bool, float, str]:
+def check_out(out: Path, jobs: list[Job]) -> None:
+    "Fail before anything runs when `out` cannot take the run folders: a file in the way, a folder not writable."
+    for d in [out, *(j.out_dir for j in jobs)]:
+        p = d.absolute()
+        while not p.exists() and not p.is_symlink() and p != p.parent: p = p.parent  # the deepest that exists
+        if not p.is_dir(): raise ReproduceError(f"--out {out}: {p} exists and is not a folder")
+        try: tempfile.TemporaryFile(dir=p).close()
+        except OSError as e: raise ReproduceError(f"--out {out}: cannot write in {p} ({e.strerror or e})") from None
+
+
+def _start_run_folder(job: Job, command: str) -> None:
+    "Remove a previous run's outputs from `job.out_dir` (keeping subfolders) and mark the folder incomplete."
+    job.out_dir.mkdir(parents=True, exist_ok=True)
+    for pattern in (*STALE, job.notebook.name):
+        for p in job.out_dir.glob(pattern):
+            if p.is_file() or p.is_symlink(): p.unlink()
+    _mark(job, status="running", started=datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
+          command=command, pid=os.getpid())
+
+
+def _mark(job: Job, **fields) -> None:
+    "Write (or update) the run folder's `INCOMPLETE.json`."
+    from .core.base import atomic_write_text
+    p = job.out_dir / MARKER
+    old = json.loads(p.read_text(encoding="utf-8")) if p.exists() and "started" not in fields else {}
+    atomic_write_text(p, json.dumps({**old, **fields}, indent=1, ensure_ascii=False) + "\n")
+
+
+_KERNELS: set = set()  # the kernel managers of the notebooks running now
+
+
+@functools.cache
+def _kernel_manager() -> type:
+    "The kernel manager class papermill starts kernels with (made on first use: jupyter_client is slow to import)."
+    from jupyter_client.manager import AsyncKernelManager, KernelManager
+
+    class PrivateKernel(AsyncKernelManager):
+        "A kernel on IPC sockets in a private temporary folder (else TCP): nothing on the network or in the cwd."
+        async def _async_pre_start_kernel(self, **kw):
+            self._private = tempfile.mkdtemp(prefix="selfalign-kernel-")
+            self.connection_file = os.path.join(self._private, "kernel.json")
+            if os.name == "posix" and len(self._private) < 90:  # a socket path has at most 104 bytes on macOS
+                self.transport, self.ip = "ipc", os.path.join(self._private, "ipc")
+            try: started = await super()._async_pre_start_kernel(**kw)
+            except BaseException: shutil.rmtree(self._private, ignore_errors=True); raise  # e.g. no such kernel
+            _KERNELS.add(self)
+            return started
+
+        async def _async_interrupt_kernel(self) -> None:
+            "Called only by shutdown, which papermill does once the notebook stopped: a SIGINT then only races the "
+            "kernel's last replies and logs 'KeyboardInterrupt caught in kernel'. Ctrl-C interrupts with `signal_now`."
+
+        async def cleanup_resources(self, restart: bool = False) -> None:
+            await KernelManager._async_cleanup_resources(self, restart)
+            if not restart and hasattr(self, "_private"):
+                shutil.rmtree(self._private, ignore_errors=True); _KERNELS.discard(self)
+
+        def signal_now(self, signum: int) -> bool:
+            "Send `signum` to the kernel's process group from synchronous code (a signal handler); False if none runs."
+            pid = getattr(self.provisioner, "pid", None)
+            if pid is None or os.name != "posix": return False
+            try: os.killpg(os.getpgid(pid), signum); return True
+            except OSError: return False
+    return PrivateKernel
+
+
+class _Interrupt:
+    """Ctrl-C during `reproduce`: the first interrupts the running kernel (its cell raises KeyboardInterrupt, the notebook
+    stops and is saved as failed there); a second kills the kernel and, like one when no kernel runs, stops at once."""
+    def __init__(self): self.requested = False
+
+    def __call__(self, signum, frame):
+        if self.requested:
+            for km in list(_KERNELS): km.signal_now(signal.SIGKILL)
+            raise KeyboardInterrupt
+        self.requested = True
+        if not any([km.signal_now(signal.SIGINT) for km in list(_KERNELS)]): raise KeyboardInterrupt
+
+    def before_cell(self, **_):
+        "nbclient's `on_cell_start` hook: run no further cell once interrupted."
+        if self.requested:
+            from nbclient.exceptions import CellExecutionError
+            raise CellExecutionError("KeyboardInterrupt: interrupted before this cell ran", "KeyboardInterrupt", "")
+
+
+def _mark_notebook_interrupted(path: Path) -> None:
+    "Make the kept notebook's papermill metadata say so: the cell that was running failed, the later ones did not run."
+    import nbformat
+    if not path.is_file(): return
+    try: nb = nbformat.read(path, as_version=4)
+    except Exception: return
+    meta = nb.metadata.setdefault("papermill", {})
+    meta["exception"], meta["status"] = True, "interrupted"
+    cells = [c.metadata.get("papermill") for c in nb.cells if isinstance(c.metadata.get("papermill"), dict)]
+    started = [m for m in cells if m.get("start_time")]
+    for m in cells:
+        if not m.get("start_time"): m["status"] = "pending"
+    if started and started[-1].get("status") != "failed": started[-1].update(status="failed", exception=True)
+    nbformat.write(nb, path)
+
+
+def run_job(job: Job, kernel: str | None = None, progress: bool = False, on_cell_start=None) -> tuple[bool, float, str]:
     "Execute one job with papermill; return (succeeded, seconds, error text)."
     import papermill as pm
-    job.out_dir.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
     try:
+        job.out_dir.mkdir(parents=True, exist_ok=True)
         pm.execute_notebook(str(job.notebook), str(job.out_dir / job.notebook.name), parameters=job.parameters,
                             kernel_name=kernel, cwd=str(job.notebook.parent), progress_bar=progress,
-                            request_save_on_cell_execute=True)
+                            request_save_on_cell_execute=True, kernel_manager_class=_kernel_manager(),
+                            **({"on_cell_start": on_cell_start} if on_cell_start else {}))
         return True, time.perf_counter() - t0, ""
     except pm.PapermillExecutionError as e:
         return False, time.perf_counter() - t0, f"{e.ename}: {e.evalue}"
@@ -145,27 +309,63 @@ def run_job(job: Job, kernel: str | None = None, progress: bool = False) -> tupl
 
 def reproduce(args) -> int:
     overrides = {k: _parse_value(v) for k, v in (args.param or [])}
-    jobs = plan(args.paper, args.scale, Path(args.out), args.config, [Path(f) for f in args.file or []], overrides)
+    out = Path(args.out)
+    jobs = plan(args.paper, args.scale, out, args.config, [Path(f) for f in args.file or []], overrides)
+    check_out(out, jobs)
     from .report import RunRecord, write_report
+    command = shlex.join(["selfalign", *args.argv])
+    for stale in ("REPORT.md", "report.html"): (out / stale).unlink(missing_ok=True)  # rewritten when the run ends
     tty = sys.stderr.isatty()
-    failed, records = [], []
-    for i, job in enumerate(jobs, 1):
-        label = f"[{i}/{len(jobs)}] {job.paper}/{job.config} ({args.scale})"
-        if tty: print(f"{label} running …", file=sys.stderr, flush=True)
-        ok, secs, err = run_job(job, kernel=args.kernel, progress=tty)
-        status = "ok" if ok else "FAILED"
-        print(f"{label} {status} in {secs:.1f}s → {job.out_dir}", file=sys.stderr, flush=True)
-        records.append(RunRecord(job.paper, job.config, args.scale, job.out_dir, ok, secs,
-                                 err.splitlines()[0] if err else "", job.notebook.name))
-        if not ok:
-            failed.append(job)
-            print(f"    {err.splitlines()[0] if err else ''}\n    executed copy kept: {job.out_dir / job.notebook.name}",
-                  file=sys.stderr)
-    md, page = write_report(args.out, records)
-    print(f"outputs: {Path(args.out).resolve()}")
+    stop = _Interrupt()
+    catch = threading.current_thread() is threading.main_thread() and signal.getsignal(signal.SIGINT) != signal.SIG_IGN
+    previous = signal.signal(signal.SIGINT, stop) if catch else None
+    records = []
+    try:
+        for i, job in enumerate(jobs, 1):
+            label = f"[{i}/{len(jobs)}] {job.paper}/{job.config} ({args.scale})"
+            t0 = time.perf_counter()
+            try:
+                _start_run_folder(job, command)
+                if tty: print(f"{label} running …", file=sys.stderr, flush=True)
+                ok, secs, err = run_job(job, kernel=args.kernel, progress=tty, on_cell_start=stop.before_cell)
+            except KeyboardInterrupt:  # a second Ctrl-C, or one before the kernel ran
+                ok, secs, err = False, time.perf_counter() - t0, ""
+            except OSError as e:  # the run folder could not be prepared
+                ok, secs, err = False, time.perf_counter() - t0, f"{type(e).__name__}: {e}"
+            status = "ok" if ok else "interrupted" if stop.requested else "failed"
+            print(f"{label} {status if ok else status.upper()} in {secs:.1f}s → {job.out_dir}", file=sys.stderr,
+                  flush=True)
+            nb_copy = job.out_dir / job.notebook.name
+            if status == "interrupted":
+                err = "KeyboardInterrupt: interrupted (Ctrl-C)"; _mark_notebook_interrupted(nb_copy)
+            if status == "ok": (job.out_dir / MARKER).unlink(missing_ok=True)
+            else:
+                if (job.out_dir / MARKER).exists():
+                    _mark(job, status=status, error=err.splitlines()[0] if err else "",
+                          ended=datetime.datetime.now().astimezone().isoformat(timespec="seconds"))
+                if status == "failed" and err: print(f"    {err.splitlines()[0]}", file=sys.stderr)
+                if nb_copy.exists(): print(f"    executed copy kept: {nb_copy}", file=sys.stderr)
+            records.append(RunRecord(job.paper, job.config, args.scale, job.out_dir, status, secs,
+                                     err.splitlines()[0] if err else "", job.notebook.name))
+            if stop.requested: break
+    except KeyboardInterrupt:  # between two notebooks
+        stop.requested = True
+    finally:
+        if catch: signal.signal(signal.SIGINT, previous if previous is not None else signal.default_int_handler)
+    not_run = [f"{j.paper}/{j.config}" for j in jobs[len(records):]]
+    md, page = write_report(out, records, not_run=not_run)
+    print(f"outputs: {out.resolve()}")
     print(f"report: {md}  (and {page.name}: open it in a browser)")
+    if stop.requested:
+        last = records[-1] if records and records[-1].status == "interrupted" else None
+        during = f" during {last.paper}/{last.config}" if last else ""
+        done = sum(r.status != "interrupted" for r in records)
+        print(f"selfalign: interrupted{during}; {done} of {len(jobs)} notebook(s) finished"
+              + (f", not run: {', '.join(not_run)}" if not_run else ""), file=sys.stderr)
+        return 130
+    failed = [r for r in records if r.status != "ok"]
     if failed:
-        print(f"{len(failed)} of {len(jobs)} notebook(s) failed: " + ", ".join(f"{j.paper}/{j.config}" for j in failed),
+        print(f"{len(failed)} of {len(jobs)} notebook(s) failed: " + ", ".join(f"{r.paper}/{r.config}" for r in failed),
               file=sys.stderr)
         return 1
     return 0
@@ -262,7 +462,7 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("-c", "--config", action="append", help="run only this config (repeatable; default: all)")
     r.add_argument("-f", "--file", action="append", help="YAML file of parameters (repeatable, later wins)")
     r.add_argument("-p", "--param", nargs=2, action="append", metavar=("NAME", "VALUE"),
-                   help="set one parameter (repeatable; VALUE read as YAML)")
+                   help="set one parameter (repeatable; VALUE read as YAML: 1e-4 is a number, [1, 2] a list)")
     r.add_argument("--kernel", default=None, help="Jupyter kernel (default: the notebook's)")
     r.set_defaults(func=reproduce)
 
@@ -293,6 +493,7 @@ def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
     args = build_parser().parse_args(argv)
+    args.argv = sys.argv[1:] if argv is None else list(argv)
     try: return args.func(args)
     except ReproduceError as e:
         print(f"selfalign: error: {e}", file=sys.stderr)

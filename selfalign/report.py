@@ -1,9 +1,10 @@
 """The report of a `selfalign reproduce` run: `REPORT.md` and `report.html` in the output folder.
 
-One table of every claim of every run (paper, config, claim, value, 95% CI, threshold, holds), then per run its
-tables and figures (read from the run folder's `metrics.json` and PNG files), the wall times, failed notebooks with
-the error and where their executed copy is, and the environment. The HTML is self-contained apart from the figures,
-which it links relatively, so the output folder can be moved or served as it is.
+Per paper a count of its claims' verdicts (holds · fails · inconclusive), one table of every claim of every run
+(paper, config, claim, value, 95% CI, threshold, verdict), then per run its tables and figures (read from the run
+folder's `metrics.json` and PNG files), the wall times, failed or interrupted notebooks with the error and where their
+executed copy is, the notebooks an interruption left unrun, and the environment. The HTML is self-contained apart from
+the figures, which it links relatively, so the output folder can be moved or served as it is.
 """
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
-from .core.base import MetricsError, atomic_write_text, validate_metrics
+from .core.base import VERDICTS, MetricsError, atomic_write_text, validate_metrics
 
 
 @dataclass
@@ -22,10 +23,13 @@ class RunRecord:
     config: str
     scale: str
     out_dir: Path
-    ok: bool
+    status: str  # ok | failed | interrupted
     seconds: float
     error: str = ""
     notebook: str = "reproduce.ipynb"
+
+    @property
+    def ok(self) -> bool: return self.status == "ok"
 
 
 def _fmt(v) -> str:
@@ -37,24 +41,51 @@ def _fmt(v) -> str:
     return str(v)
 
 
+
+
+def _verdict(claim: dict) -> str:
+    "A claim's verdict; a claim recorded before verdicts existed has its `holds` read as holds or fails."
+    return claim.get("verdict") or ("holds" if claim.get("holds") else "fails")
+
+
+def read_metrics(p: Path) -> dict:
+    "A run's `metrics.json`, validated (`MetricsError`, `json.JSONDecodeError`); a claim written before verdicts existed gets one from `holds`."
+    m = json.loads(Path(p).read_text(encoding="utf-8"))
+    claims = m.get("claims") if isinstance(m, dict) else None
+    for c in claims if isinstance(claims, list) else []:
+        if isinstance(c, dict) and "verdict" not in c: c["verdict"] = _verdict(c)
+    return validate_metrics(m, str(p))
+
+
 def _metrics(r: RunRecord) -> tuple[dict | None, str]:
     p = r.out_dir / "metrics.json"
     if not p.exists(): return None, "no metrics.json"
-    try: return validate_metrics(json.loads(p.read_text(encoding="utf-8")), str(p)), ""
+    try: return read_metrics(p), ""
     except (json.JSONDecodeError, MetricsError) as e: return None, f"unreadable metrics.json: {e}"
 
 
-def _claim_rows(runs: list[RunRecord], metrics: dict) -> list[list[str]]:
-    rows = []
-    for r in runs:
-        m = metrics.get(id(r))
-        for c in (m or {}).get("claims", []):
-            rows.append([r.paper, r.config, c["id"], _fmt(c["value"]), _fmt(c["ci95"]), _fmt(c["threshold"]),
-                         "**yes**" if c["holds"] else "no", c["statement"]])
-    return rows
+def _claims(runs: list[RunRecord], metrics: dict) -> list[tuple[RunRecord, dict]]:
+    return [(r, c) for r in runs for c in (metrics.get(id(r)) or {}).get("claims", [])]
 
 
-CLAIM_HEADER = ["paper", "config", "claim", "value", "95% CI", "threshold", "holds", "statement"]
+def claim_cells(c: dict) -> list[str]:
+    "A claim as table cells: id, value, 95% CI, threshold, verdict (holds in bold), statement."
+    return [c["id"], _fmt(c["value"]), _fmt(c["ci95"]), _fmt(c["threshold"]), "**holds**" if _verdict(c) == "holds" else _verdict(c),
+            c["statement"]]
+
+
+def _claim_rows(claims: list[tuple[RunRecord, dict]]) -> list[list[str]]:
+    return [[r.paper, r.config, *claim_cells(c)] for r, c in claims]
+
+
+def verdict_counts(claims: list[dict]) -> str:
+    "'holds N · fails N · inconclusive N' (and any other verdict found)."
+    n = dict.fromkeys(VERDICTS, 0)
+    for c in claims: n[_verdict(c)] = n.get(_verdict(c), 0) + 1
+    return " · ".join(f"{v} {k}" for v, k in n.items())
+
+
+CLAIM_HEADER = ["paper", "config", "claim", "value", "95% CI", "threshold", "verdict", "statement"]
 
 
 def _md_table(header: list[str], rows: list[list[str]]) -> str:
@@ -65,7 +96,7 @@ def _md_table(header: list[str], rows: list[list[str]]) -> str:
 
 
 def _html_table(header: list[str], rows: list[list[str]]) -> str:
-    cell = lambda s: html.escape(str(s)).replace("**yes**", "<b>yes</b>")
+    cell = lambda s: html.escape(str(s)).replace("**holds**", "<b>holds</b>")
     return ("<table><thead><tr>" + "".join(f"<th>{html.escape(h)}</th>" for h in header) + "</tr></thead><tbody>"
             + "".join("<tr>" + "".join(f"<td>{cell(c)}</td>" for c in row) + "</tr>" for row in rows) + "</tbody></table>")
 
@@ -89,38 +120,50 @@ CSS = ("body{font-family:system-ui,sans-serif;max-width:1100px;margin:2em auto;p
        "th{background:#f3f3f3}img{max-width:100%;border:1px solid #eee}.failed{color:#b00}code{background:#f5f5f5;padding:0 .2em}")
 
 
-def write_report(out: str | Path, runs: list[RunRecord]) -> tuple[Path, Path]:
-    "Write `REPORT.md` and `report.html` for `runs` into `out`; returns their paths."
+def write_report(out: str | Path, runs: list[RunRecord], not_run: list[str] = ()) -> tuple[Path, Path]:
+    "Write `REPORT.md` and `report.html` for `runs` (and the `paper/config`s an interruption left `not_run`) into `out`."
     out = Path(out).resolve(); out.mkdir(parents=True, exist_ok=True)
     metrics, problems = {}, {}
     for r in runs:
         m, why = _metrics(r) if r.ok else (None, "")
         metrics[id(r)] = m
         if r.ok and m is None: problems[id(r)] = why
-    claims = _claim_rows(runs, metrics)
-    n_claims, n_hold = len(claims), sum(row[6] == "**yes**" for row in claims)
-    failed = [r for r in runs if not r.ok]
+    found = _claims(runs, metrics)
+    claims = _claim_rows(found)
+    counts = [(p, verdict_counts([c for r, c in found if r.paper == p])) for p in dict.fromkeys(r.paper for r, _ in found)]
+    failed = [r for r in runs if r.status == "failed"]
+    interrupted = [r for r in runs if r.status == "interrupted"]
     rel = lambda p: Path(p).resolve().relative_to(out).as_posix() if Path(p).resolve().is_relative_to(out) else str(p)
     scales = sorted({r.scale for r in runs})
     title = f"selfalign reproduction report ({', '.join(scales)})"
-    summary = (f"{len(runs)} notebook(s), {len(failed)} failed; {n_claims} claim(s), {n_hold} hold. "
-               "A claim that does not hold is a finding at this scale, not a failure of the run.")
-    md = [f"# {title}", "", summary, "", "## Claims", "",
+    verdicts = f": {verdict_counts([c for _, c in found])}" if found else ""
+    summary = (f"{len(runs)} notebook(s), {len(failed)} failed" + (f", {len(interrupted)} interrupted" if interrupted else "")
+               + f"; {len(claims)} claim(s){verdicts}. "
+               "A claim that fails or is inconclusive is a finding at this scale, not a failure of the run.")
+    stopped = f"Interrupted (Ctrl-C); not run: {', '.join(not_run)}." if not_run else ""
+    runs_rows = [[r.paper, r.config, r.scale, r.status if r.ok else r.status.upper(), f"{r.seconds:.1f}", rel(r.out_dir)]
+                 for r in runs]
+    md = [f"# {title}", "", summary, "", *([stopped, ""] if stopped else []), "## Claims", "",
+          *[f"- **{p}**: {line}" for p, line in counts], *([""] if counts else []),
           _md_table(CLAIM_HEADER, claims) if claims else "_no claims recorded_", "", "## Runs", "",
-          _md_table(["paper", "config", "scale", "status", "wall time (s)", "folder"],
-                    [[r.paper, r.config, r.scale, "ok" if r.ok else "FAILED", f"{r.seconds:.1f}", rel(r.out_dir)] for r in runs]), ""]
-    hb = [f"<h1>{html.escape(title)}</h1>", f"<p>{html.escape(summary)}</p>", "<h2>Claims</h2>",
+          _md_table(["paper", "config", "scale", "status", "wall time (s)", "folder"], runs_rows), ""]
+    hb = [f"<h1>{html.escape(title)}</h1>", f"<p>{html.escape(summary)}</p>",
+          *([f"<p class=\"failed\">{html.escape(stopped)}</p>"] if stopped else []), "<h2>Claims</h2>",
+          *(["<ul>" + "".join(f"<li><b>{html.escape(p)}</b>: {html.escape(line)}</li>" for p, line in counts) + "</ul>"]
+            if counts else []),
           _html_table(CLAIM_HEADER, claims) if claims else "<p><i>no claims recorded</i></p>", "<h2>Runs</h2>",
-          _html_table(["paper", "config", "scale", "status", "wall time (s)", "folder"],
-                      [[r.paper, r.config, r.scale, "ok" if r.ok else "FAILED", f"{r.seconds:.1f}", rel(r.out_dir)] for r in runs])]
+          _html_table(["paper", "config", "scale", "status", "wall time (s)", "folder"], runs_rows)]
     for r in runs:
         head = f"{r.paper} / {r.config}"
         md += [f"## {head}", ""]; hb += [f"<h2 id=\"{html.escape(r.paper)}-{html.escape(r.config)}\">{html.escape(head)}</h2>"]
         if not r.ok:
-            nb = rel(r.out_dir / r.notebook)
-            md += [f"**FAILED** after {r.seconds:.1f}s: `{r.error}`", "", f"Executed copy kept for inspection: `{nb}`", ""]
-            hb += [f"<p class=\"failed\"><b>FAILED</b> after {r.seconds:.1f}s: <code>{html.escape(r.error)}</code></p>",
-                   f"<p>Executed copy kept for inspection: <a href=\"{html.escape(nb)}\">{html.escape(nb)}</a></p>"]
+            word, nb = r.status.upper(), rel(r.out_dir / r.notebook)
+            kept = (r.out_dir / r.notebook).is_file()
+            md += [f"**{word}** after {r.seconds:.1f}s: `{r.error}`", ""]
+            hb += [f"<p class=\"failed\"><b>{word}</b> after {r.seconds:.1f}s: <code>{html.escape(r.error)}</code></p>"]
+            if kept:
+                md += [f"Executed copy kept for inspection: `{nb}`", ""]
+                hb += [f"<p>Executed copy kept for inspection: <a href=\"{html.escape(nb)}\">{html.escape(nb)}</a></p>"]
             continue
         m = metrics[id(r)]
         if m is None:

@@ -6,14 +6,26 @@ from pathlib import Path
 os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ["HF_DATASETS_OFFLINE"] = "1"
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+# `make test` runs two pytest-xdist workers on the two cores: each worker (and every process it starts) gets one thread,
+# else torch's thread pools oversubscribe the cores and everything crawls.
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS"): os.environ[var] = "1"
 
 ROOT = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent
 
 
+import json  # noqa: E402
 import subprocess  # noqa: E402
 
 import pytest  # noqa: E402
+from filelock import FileLock  # noqa: E402
+
+
+def pytest_collection_modifyitems(config, items):
+    "Under xdist's loadgroup: a test file runs on one worker (its module fixtures are built once); notebooks spread out."
+    for item in items:
+        if item.path.name != "test_notebooks.py": item.add_marker(pytest.mark.xdist_group(item.path.stem))
 
 # The tiny reproductions the tests read, each run once per session into one shared folder (the paper tests check its
 # run folder, the docs test builds the site from all of them). `make reproduce` runs every band in full; the tests
@@ -32,15 +44,21 @@ TINY_OVERRIDES = {
 
 @pytest.fixture(scope="session")
 def tiny_run(tmp_path_factory):
-    "`tiny_run(paper)` -> the shared output folder, after `selfalign reproduce <paper> --scale tiny` ran into it."
-    out, done = tmp_path_factory.mktemp("tiny_runs"), {}
+    """`tiny_run(paper)` -> the shared output folder, after `selfalign reproduce <paper> --scale tiny` ran into it: once
+    per test session, whichever xdist worker asks first (the others wait on its lock and read its outcome)."""
+    root = tmp_path_factory.getbasetemp()
+    if os.environ.get("PYTEST_XDIST_WORKER"): root = root.parent  # the folder every worker of this session shares
+    out = root / "tiny_runs"; out.mkdir(exist_ok=True)
 
     def run(paper: str) -> Path:
-        if paper not in done:
-            args = [str(BIN / "selfalign"), "reproduce", paper, "--scale", "tiny", "--out", str(out)]
-            for k, v in TINY_OVERRIDES[paper].items(): args += ["-p", k, str(v)]
-            done[paper] = subprocess.run(args, capture_output=True, text=True)
-        r = done[paper]
-        assert r.returncode == 0, f"reproduce {paper} failed:\n{r.stderr[-3000:]}"
+        record = out / f".{paper}.outcome.json"
+        with FileLock(str(out / f".{paper}.lock")):
+            if not record.exists():
+                args = [str(BIN / "selfalign"), "reproduce", paper, "--scale", "tiny", "--out", str(out)]
+                for k, v in TINY_OVERRIDES[paper].items(): args += ["-p", k, str(v)]
+                r = subprocess.run(args, capture_output=True, text=True)
+                record.write_text(json.dumps({"returncode": r.returncode, "stderr": r.stderr[-3000:]}))
+        r = json.loads(record.read_text())
+        assert r["returncode"] == 0, f"reproduce {paper} failed:\n{r['stderr']}"
         return out
     return run

@@ -1,13 +1,19 @@
 """`selfalign reproduce`: runs papers with papermill, layers parameters, fails clearly on bad input."""
 import json
+import os
 import shutil
+import signal
 import subprocess
+import tempfile
+import time
+from pathlib import Path
 
 import nbformat
 import pytest
 
 from conftest import BIN, ROOT
-from selfalign.cli import main, plan, ReproduceError
+from selfalign.cli import main, plan, ReproduceError, _parse_value
+from selfalign.report import RunRecord, write_report
 from selfalign.core.base import validate_metrics
 
 TEMPLATE = ROOT / "papers" / "_template"
@@ -95,7 +101,8 @@ def test_failing_notebook_is_reported_and_others_still_run(tmp_path, monkeypatch
     report = (out / "REPORT.md").read_text()
     claim = json.loads((out / "bbb_ok" / "demo" / "metrics.json").read_text())["claims"][0]
     row = next(l for l in report.splitlines() if l.startswith("| bbb_ok | demo | " + claim["id"]))
-    assert f"{claim['value']:.4g}" in row and ("**yes**" if claim["holds"] else "| no |") in row
+    verdict = claim.get("verdict") or ("holds" if claim["holds"] else "fails")
+    assert f"{claim['value']:.4g}" in row and (f"**{verdict}**" if verdict == "holds" else f"| {verdict} |") in row
     assert "**FAILED**" in report and "boom in the experiment" in report and "aaa_broken/demo/reproduce.ipynb" in report
     assert "![rate](bbb_ok/demo/rate.png)" in report
     page = (out / "report.html").read_text()
@@ -123,3 +130,140 @@ def test_every_paper_parameter_line_is_declared():
         (cell,) = [c for c in nb.cells if "parameters" in c.metadata.get("tags", [])]
         names = [l.split(":")[0].split("=")[0].strip() for l in cell.source.splitlines() if l.strip() and not l.startswith("#")]
         assert sorted(pm.inspect_notebook(str(nb_path))) == sorted(names), nb_path
+
+
+def _fake_papers(root, **papers):
+    """`papers/<name>/` for each name: a tiny notebook (no heavy imports, so a run is about a kernel start) and
+    `configs/demo.yaml` holding the given parameters. `nap` seconds of sleep (after touching `napping` in the run
+    folder), `fail` raises; otherwise it writes config.json, fig.png and metrics.json with one claim."""
+    sources = ['scale: str = "tiny"  # scale\nconfig: str = "demo"  # config\nout_dir: str = "runs/fake/demo"  # run folder\n'
+               'seed: int = 0  # seed\nnap: float = 0.0  # seconds to sleep\nfail: bool = False  # raise',
+               "import json, os, pathlib, time\nrun = pathlib.Path(out_dir); run.mkdir(parents=True, exist_ok=True)\n"
+               "(run / 'config.json').write_text(json.dumps({'nap': nap}))",
+               "if nap: (run / 'napping').touch(); time.sleep(nap)\nassert not fail, 'failing as asked'",
+               "(run / 'fig.png').write_bytes(b'png')\n"
+               "claim = dict(id='fake-claim', statement='s', value=0.7, ci95=[0.6, 0.8], threshold=0.5, verdict='holds', "
+               "holds=True)\n(run / 'metrics.json').write_text(json.dumps(dict(paper=run.parent.name, scale=scale, "
+               "config=config, seed=seed, tables={}, claims=[claim])))"]
+    cells = [nbformat.v4.new_code_cell(src) for src in sources]
+    cells[0].metadata["tags"] = ["parameters"]
+    nb = nbformat.v4.new_notebook(cells=cells, metadata=nbformat.read(TEMPLATE / "reproduce.ipynb", as_version=4).metadata)
+    for name, params in papers.items():
+        (root / name / "configs").mkdir(parents=True)
+        nbformat.write(nb, root / name / "reproduce.ipynb")
+        (root / name / "configs" / "demo.yaml").write_text(json.dumps(params))
+    return root
+
+
+def test_p_values_in_exponent_notation_are_numbers(tmp_path):
+    "YAML 1.1 reads 1e-4 as a string; -p (and config files) read it, 1E5, .5 and inf as numbers."
+    assert [_parse_value(v) for v in ("1e-4", "1E5", ".5", "inf", "-inf", "2.0e-4", "3", "0.3", "[1e-3, 2]", "abc")] == \
+        [1e-4, 1e5, 0.5, float("inf"), float("-inf"), 2e-4, 3, 0.3, [1e-3, 2], "abc"]
+    (job,) = plan("_template", "tiny", tmp_path, overrides={"p_heads": _parse_value("7.5e-1")})
+    assert job.parameters["p_heads"] == 0.75
+
+
+def test_rerun_clears_the_previous_outputs_and_marks_the_folder(tmp_path, monkeypatch, capsys):
+    "A re-run into the same --out first removes the old run's outputs; a folder whose run did not succeed says so."
+    monkeypatch.setenv("SELFALIGN_PAPERS", str(_fake_papers(tmp_path / "papers", fake={})))
+    out = tmp_path / "runs"; run = out / "fake" / "demo"
+    assert main(["reproduce", "fake", "--out", str(out)]) == 0
+    assert {"metrics.json", "fig.png", "config.json", "reproduce.ipynb"} <= {p.name for p in run.iterdir()}
+    assert not (run / "INCOMPLETE.json").exists() and "fake-claim" in (out / "REPORT.md").read_text()
+    checkpoint = run / "band" / "sft" / "final" / "model.safetensors"  # what a resumed run would use: kept
+    checkpoint.parent.mkdir(parents=True); checkpoint.write_text("weights")
+    assert main(["reproduce", "fake", "--out", str(out), "-p", "fail", "true"]) == 1
+    assert not (run / "metrics.json").exists() and not (run / "fig.png").exists() and (run / "config.json").exists()
+    marker = json.loads((run / "INCOMPLETE.json").read_text())
+    assert marker["status"] == "failed" and "failing as asked" in marker["error"] and marker["started"]
+    assert marker["command"] == f"selfalign reproduce fake --out {out} -p fail true"
+    assert checkpoint.read_text() == "weights"
+    report = (out / "REPORT.md").read_text()
+    assert "**FAILED**" in report and "fake-claim" not in report
+
+
+def test_executed_copy_is_mentioned_only_when_written(tmp_path, monkeypatch, capsys):
+    import selfalign.cli as cli
+    monkeypatch.setattr(cli, "run_job", lambda job, **kw: (False, 0.1, "OSError: the disk is full"))
+    assert main(["reproduce", "_template", "--out", str(tmp_path)]) == 1
+    err = capsys.readouterr().err
+    assert "OSError: the disk is full" in err and "executed copy kept" not in err
+    report = (tmp_path / "REPORT.md").read_text()
+    assert "**FAILED**" in report and "Executed copy kept" not in report
+
+
+def test_report_shows_verdicts_and_counts_them_per_paper(tmp_path):
+    claim = lambda i, **kw: dict(id=f"c{i}", statement="s", value=0.6, ci95=[0.4, 0.8], threshold=0.5, **kw)
+    claims = {"dpo": [claim(1, holds=True, verdict="holds"), claim(2, holds=False, verdict="inconclusive"),
+                      claim(3, holds=False, verdict="fails"), claim(4, holds=True)],  # no verdict: read from holds
+              "dlma": [claim(1, holds=False)]}
+    runs = []
+    for paper, cs in claims.items():
+        (tmp_path / paper).mkdir()
+        (tmp_path / paper / "metrics.json").write_text(json.dumps(dict(paper=paper, scale="tiny", config="t", seed=0,
+                                                                       tables={}, claims=cs)))
+        runs.append(RunRecord(paper, "t", "tiny", tmp_path / paper, "ok", 1.0))
+    runs.append(RunRecord("salmon", "t", "tiny", tmp_path / "salmon", "interrupted", 2.0, "KeyboardInterrupt"))
+    md, page = write_report(tmp_path, runs, not_run=["self_contrast/t"])
+    report = md.read_text()
+    assert "- **dpo**: holds 2 · fails 1 · inconclusive 1" in report
+    assert "- **dlma**: holds 0 · fails 1 · inconclusive 0" in report and "| threshold | verdict | statement |" in report
+    assert "| dpo | t | c1 | 0.6 | [0.4, 0.8] | 0.5 | **holds** |" in report
+    assert "| dpo | t | c2 | 0.6 | [0.4, 0.8] | 0.5 | inconclusive |" in report
+    assert "| dlma | t | c1 | 0.6 | [0.4, 0.8] | 0.5 | fails |" in report
+    assert "| salmon | t | tiny | INTERRUPTED |" in report and "**INTERRUPTED**" in report
+    assert "not run: self_contrast/t" in report
+    assert "<li><b>dpo</b>: holds 2 · fails 1 · inconclusive 1</li>" in page.read_text()
+
+
+def test_notebooks_run_without_kernel_noise(tmp_path, monkeypatch, capfd):
+    "No '[IPKernelApp] WARNING | Kernel is running over TCP without encryption' on the terminal (capfd sees what the "
+    "kernel process writes to the stderr it inherits) and no connection files left in the working or notebook folder."
+    papers = _fake_papers(tmp_path / "papers", fake={})
+    monkeypatch.setenv("SELFALIGN_PAPERS", str(papers)); monkeypatch.chdir(tmp_path)
+    private = Path(tempfile.mkdtemp(prefix="sa-"))  # where the kernels' folders go (a short path: sockets live there)
+    monkeypatch.setattr(tempfile, "tempdir", str(private))
+    assert main(["reproduce", "fake", "--out", "runs", "-p", "fail", "true"]) == 1  # a failed run too: no kernel log
+    assert main(["reproduce", "fake", "--out", "runs"]) == 0
+    assert main(["reproduce", "fake", "--out", "runs", "--kernel", "no-such-kernel"]) == 1
+    err = capfd.readouterr().err
+    assert "without encryption" not in err and "IPKernelApp" not in err, err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["papers", "runs"]
+    assert sorted(p.name for p in (papers / "fake").iterdir()) == ["configs", "reproduce.ipynb"]
+    assert not list(private.iterdir())  # each kernel's folder removed, started or not
+    monkeypatch.undo(); private.rmdir()
+
+
+def test_ctrl_c_stops_cleanly_and_reports_what_finished(tmp_path):
+    "Ctrl-C (SIGINT to the foreground process group) while the second of three notebooks runs."
+    papers = _fake_papers(tmp_path / "papers", aaa_done={}, bbb_slow={"nap": 120}, ccc_never={})
+    out = tmp_path / "runs"; slow = out / "bbb_slow" / "demo"
+    p = subprocess.Popen([str(BIN / "selfalign"), "reproduce", "all", "--out", str(out)], stdout=subprocess.PIPE,
+                         stderr=subprocess.PIPE, text=True, env={**os.environ, "SELFALIGN_PAPERS": str(papers)},
+                         start_new_session=True)
+    try:
+        deadline = time.monotonic() + 90
+        while not (slow / "napping").exists():
+            assert p.poll() is None and time.monotonic() < deadline, p.communicate()
+            time.sleep(0.05)
+        assert json.loads((slow / "INCOMPLETE.json").read_text())["status"] == "running"
+        t0 = time.monotonic()
+        os.killpg(p.pid, signal.SIGINT)
+        stdout, stderr = p.communicate(timeout=60)
+    finally:
+        if p.poll() is None: os.killpg(p.pid, signal.SIGKILL)
+    assert p.returncode == 130 and time.monotonic() - t0 < 20, stderr
+    assert "Traceback" not in stderr and "without encryption" not in stderr, stderr
+    last = "selfalign: interrupted during bbb_slow/demo; 1 of 3 notebook(s) finished, not run: ccc_never/demo"
+    assert stderr.strip().splitlines()[-1] == last, stderr
+    assert f"report: {out.resolve() / 'REPORT.md'}" in stdout
+    report = (out / "REPORT.md").read_text()
+    assert "| aaa_done | demo | fake-claim |" in report and "| aaa_done | demo | tiny | ok |" in report
+    assert "| bbb_slow | demo | tiny | INTERRUPTED |" in report and "**INTERRUPTED**" in report
+    assert "not run: ccc_never/demo" in report and not (out / "ccc_never").exists()
+    assert not (out / "aaa_done" / "demo" / "INCOMPLETE.json").exists()
+    assert json.loads((slow / "INCOMPLETE.json").read_text())["status"] == "interrupted"
+    nb = nbformat.read(slow / "reproduce.ipynb", as_version=4)  # the kept notebook says where it stopped
+    status = {c.source.split("\n")[0][:12]: c.metadata.papermill["status"] for c in nb.cells if c.cell_type == "code"}
+    assert nb.metadata.papermill["status"] == "interrupted" and nb.metadata.papermill["exception"]
+    assert status["if nap: (run"] == "failed" and status["(run / 'fig."] == "pending", status

@@ -72,6 +72,8 @@ def test_pages_cover_methods_notebooks_api_and_reproductions(site):
     assert 'href="../nbs/bands/12_dpo.html"' in (site / "methods" / "dpo.html").read_text(encoding="utf-8")
     dpo = (site / "reproductions" / "dpo.html").read_text(encoding="utf-8")
     assert "dpo-rm-accuracy" in dpo and "frontier.png" in dpo
+    assert re.search(r"Verdicts: holds \d+ · fails \d+ · inconclusive \d+", dpo)  # the verdicts, counted
+    assert ">verdict<" in dpo  # the claims table's verdict column
     # notebooks render with their saved outputs: a figure saved in a notebook shows on its page
     with_images = [build.notebook_id(nb) for nb in NOTEBOOKS
                    if any(o.get("data", {}).get("image/png") for c in nbformat.read(nb, 4).cells for o in c.get("outputs", []))]

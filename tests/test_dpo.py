@@ -128,7 +128,6 @@ def test_reproduce_dpo_tiny_writes_the_run_folder(tiny_run):
     assert [r["method"] for r in m["tables"]["policies"]][-2:] == ["PPO (RM)", "PPO (gold)"]
     assert json.loads((run / "ppo-kl0.1" / "log_history.json").read_text())["counts"]["iterations"] == 2
     assert (run / "dpo-beta0.3" / "final" / "model.safetensors").exists()
-    assert m["wall_s"] < 300
 
 
 def test_reproduce_dpo_small_smoke(tmp_path):

@@ -5,6 +5,8 @@ os.environ["HF_HUB_OFFLINE"] = "1"
 
 import copy
 import json
+import re
+import runpy
 import subprocess
 import sys
 
@@ -12,7 +14,7 @@ import pytest
 import torch
 
 from selfalign.generate.base import (BACKENDS, CachedGenerator, GenerateConfig, Generation, Generator, HFGenerator,
-                                     SamplingParams, ShardMismatchError, backend_factory, generate_to_shards,
+                                     SamplingParams, ShardMismatchError, backend_factory, generate_to_shards, load_prompts,
                                      make_generator, prompt_seed, read_shards, render_prompts, template_params)
 from selfalign.models.loader import model_fingerprint, tiny_causal_lm
 
@@ -285,3 +287,73 @@ def test_make_generator_builds_the_named_backend(tiny, tmp_path, monkeypatch):
     monkeypatch.setitem(BACKENDS, "hf", lambda cfg, dtype: seen.append((cfg.model, dtype)) or "built")
     assert make_generator(GenerateConfig(model="m", dtype="fp32")) == "built" and seen == [("m", torch.float32)]
     with pytest.raises(ValueError, match=r"unknown backend 'tgi'; use one of \['hf', 'vllm'\]"): backend_factory("tgi")
+
+
+def test_damaged_shards_are_named_and_generated_again(hf, tmp_path, capsys):
+    "Any existing shard used to count as done; a cut line gave a bare JSONDecodeError, a missing line a folder-wide count."
+    prompts, p = [f"Question {i}: what is {i} plus {i}?" for i in range(7)], SamplingParams(n=2, max_new_tokens=4, seed=1)
+    run = generate_to_shards(hf, prompts, tmp_path / "run", p, shard_size=3, progress=False)
+    s0, s1 = run / "shard-00000.jsonl", run / "shard-00001.jsonl"
+    good0, good1 = s0.read_text(), s1.read_text()
+    s0.write_text(good0[:len(good0) // 2])  # cut inside line 2, as by a full disk or an interrupted copy
+    with pytest.raises(ValueError, match=re.escape(f"{s0}:2: not a generation record")):
+        read_shards(run)
+    s0.write_text(good0); s1.write_text("".join(good1.splitlines(True)[:2]))  # a whole line missing
+    with pytest.raises(ValueError, match=re.escape(f"{s1}: 2 lines where its slice has 3 prompts")):
+        read_shards(run)
+    s0.write_text(good0[:len(good0) // 2])
+    again = Counting(hf)
+    generate_to_shards(again, prompts, run, p, shard_size=3, progress=False)
+    assert again.seen == prompts[:6]  # the two damaged shards, and nothing else
+    err = capsys.readouterr().err
+    assert "generating shard-00000.jsonl again" in err and "generating shard-00001.jsonl again" in err, err
+    assert read_shards(run) == read_shards(generate_to_shards(hf, prompts, tmp_path / "whole", p, shard_size=3, progress=False))
+
+
+def test_truncated_manifest_is_named(hf, tmp_path):
+    p = SamplingParams(n=1, max_new_tokens=4)
+    run = generate_to_shards(hf, PROMPTS, tmp_path / "run", p, shard_size=4, progress=False)
+    m = run / "manifest.json"
+    m.write_text(m.read_text()[:50])
+    for call in (lambda: read_shards(run), lambda: generate_to_shards(hf, PROMPTS, run, p, shard_size=4, progress=False)):
+        with pytest.raises(ValueError, match=re.escape(f"{m}: truncated or not JSON")):
+            call()
+
+
+def test_prompts_file_errors_name_file_and_line(tmp_path):
+    f = tmp_path / "prompts.jsonl"
+    f.write_text('{"prompt": "a"}\n\n{"prompt": "cut sho\n')
+    with pytest.raises(ValueError, match=re.escape(f"{f}:3: not valid JSON")):  # was: "line 1 column 12", no file
+        load_prompts(f)
+    f.write_text('{"prompt": "a"}\n{"prompt": " "}\n')
+    with pytest.raises(ValueError, match=re.escape(f"{f}:2: the prompt (field 'prompt') is empty")):  # was: accepted
+        load_prompts(f)
+    f.write_bytes('\ufeff{"prompt": "Hi"}\n'.encode())  # a byte-order mark, as Windows editors write: was refused
+    assert load_prompts(f) == ["Hi"]
+    f.write_text('{"prompt": "a\u2028b"}\n{"prompt": "c"}\n', encoding="utf-8")  # U+2028 is valid inside a JSON string
+    assert load_prompts(f) == ["a\u2028b", "c"]
+    with pytest.raises(ValueError, match=re.escape(f"{tmp_path / 'nope.jsonl'}: no such prompts file")):
+        load_prompts(tmp_path / "nope.jsonl")
+
+
+@pytest.mark.parametrize("case", ["empty_prompt", "missing_model", "no_tokenizer", "cut_weights", "cut_manifest"])
+def test_stage_refuses_bad_input_with_exit_code_2(case, tmp_path, monkeypatch, capsys):
+    "`python -m selfalign.generate.base` (run in this process) ends a bad input with one error line, no traceback."
+    prompts, model = tmp_path / "prompts.jsonl", tmp_path / "model"
+    prompts.write_text('{"prompt": "Hi"}\n' + ('{"prompt": ""}\n' if case == "empty_prompt" else ""))
+    if case in ("no_tokenizer", "cut_weights"):
+        model.mkdir(); (model / "config.json").write_text("{}")
+    if case == "cut_weights":
+        (model / "tokenizer.json").write_text("{}"); (model / "model.safetensors").write_bytes(b"\x40" + b"\x00" * 7 + b'{"w": {')
+    if case == "cut_manifest":
+        (tmp_path / "run" / "generations").mkdir(parents=True); (tmp_path / "run" / "generations" / "manifest.json").write_text('{"form')
+    GenerateConfig(model=str(model), prompts=str(prompts)).to_json(tmp_path / "cfg.json")
+    monkeypatch.setattr(sys, "argv", ["selfalign.generate.base", "--config", str(tmp_path / "cfg.json"), "--out", str(tmp_path / "run")])
+    with pytest.raises(SystemExit) as e:
+        runpy.run_module("selfalign.generate.base", run_name="__main__", alter_sys=True)
+    err = capsys.readouterr().err
+    expect = {"empty_prompt": f"{prompts}:2: the prompt (field 'prompt') is empty",
+              "missing_model": f"no such model folder {model}", "no_tokenizer": f"{model} has no tokenizer files",
+              "cut_weights": f"{model / 'model.safetensors'}: not a complete safetensors file",
+              "cut_manifest": f"{tmp_path / 'run' / 'generations' / 'manifest.json'}: truncated or not JSON"}[case]
+    assert e.value.code == 2 and f"error: {expect}" in err and "Traceback" not in err, err

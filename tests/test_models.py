@@ -5,6 +5,8 @@ os.environ["HF_HUB_OFFLINE"] = "1"
 
 import json
 import random
+import re
+import shutil
 import time
 
 import pytest
@@ -12,6 +14,7 @@ import torch
 
 from selfalign.models.loader import (CHATML_TEMPLATE, SMOLLM2_NAME, VOLATILE_CONFIG_KEYS, LoraSpec, adds_bos, builtin_corpus,
                                      load_model, load_smollm2, model_fingerprint, resolve_dtype, tiny_causal_lm, train_tokenizer)
+import selfalign.models.loader as L
 
 
 @pytest.fixture(scope="module")
@@ -266,6 +269,7 @@ def test_missing_wheel_gives_a_clear_error(monkeypatch):
 @pytest.mark.slow
 def test_smollm2_converts_once_then_loads_from_cache(tmp_path, monkeypatch):
     monkeypatch.setenv("SELFALIGN_CACHE", str(tmp_path))
+    umask = os.umask(0o022); os.umask(umask)
     t0 = time.perf_counter()
     model, tok = load_smollm2()
     first = time.perf_counter() - t0
@@ -287,3 +291,53 @@ def test_smollm2_converts_once_then_loads_from_cache(tmp_path, monkeypatch):
     assert model_fingerprint(model2) == model_fingerprint(model)
     assert tok2.pad_token == tok.pad_token and tok2.chat_template == tok.chat_template
     assert not [f for f in tmp_path.iterdir() if f.name.startswith(".")]  # no temporary folder left behind
+    # the cache folder and its weights have the modes the umask gives (mkdtemp made 0700, safetensors ≥ 0.8 writes 0600)
+    assert oct((tmp_path / SMOLLM2_NAME).stat().st_mode & 0o777) == oct(0o777 & ~umask)
+    assert oct((tmp_path / SMOLLM2_NAME / "model.safetensors").stat().st_mode & 0o777) == oct(0o666 & ~umask)
+
+
+def _fails(call, match: str) -> OSError:
+    "The `OSError` `call()` raises, its message holding `match` (literally)."
+    with pytest.raises(OSError, match=re.escape(match)) as e:
+        call()
+    assert type(e.value).__name__ == "ModelFilesError"
+    return e.value
+
+
+def test_missing_model_folder_and_hub_ids_say_so(tiny_dir, tmp_path):
+    "It said: Repo id must be in the form 'repo_name' or 'namespace/repo_name'."
+    _fails(lambda: load_model(tmp_path / "no" / "such" / "model"), f"no such model folder {tmp_path / 'no' / 'such' / 'model'}")
+    e = _fails(lambda: load_model("no-such-org/no-such-model"), "no such model folder no-such-org/no-such-model")
+    assert "hub ids need network access" in str(e)
+    _fails(lambda: load_model(tiny_dir, tokenizer=tmp_path / "no" / "tok"), f"no such tokenizer folder {tmp_path / 'no' / 'tok'}")
+
+
+def test_folder_without_tokenizer_names_the_files_it_lacks(tiny_dir, tmp_path):
+    "It said: You need to have sentencepiece or tiktoken installed to convert a slow tokenizer to a fast one."
+    bare = tmp_path / "bare"; bare.mkdir(); shutil.copy(tiny_dir / "config.json", bare)
+    _fails(lambda: load_model(bare), f"{bare} has no tokenizer files (tokenizer.json / tokenizer_config.json)")
+    weights = tmp_path / "weights"; shutil.copytree(tiny_dir, weights)
+    for f in ("tokenizer.json", "tokenizer_config.json"): (weights / f).unlink()
+    _fails(lambda: load_model(weights), f"{weights} has no tokenizer files")
+    assert load_model(weights, tokenizer=tiny_dir)[1].pad_token == "<pad>"  # the tokenizer given apart is fine
+
+
+def test_truncated_safetensors_is_named(tiny_dir, tmp_path):
+    "It said: Error while deserializing header: incomplete metadata, file not fully covered (no file named)."
+    cut = tmp_path / "cut"; shutil.copytree(tiny_dir, cut)
+    w = cut / "model.safetensors"
+    for size in (w.stat().st_size - 1, 1000, 5):  # cut in the tensors, in the header, in the header's length
+        w.write_bytes((tiny_dir / "model.safetensors").read_bytes()[:size])
+        _fails(lambda: load_model(cut), f"{w}: not a complete safetensors file")
+
+
+def test_apply_umask_undoes_safetensors_0600(tiny, tmp_path):
+    model, tok = tiny
+    old = os.umask(0o022)
+    try:
+        model.save_pretrained(tmp_path / "m"); tok.save_pretrained(tmp_path / "m")
+        w = tmp_path / "m" / "model.safetensors"
+        assert oct(w.stat().st_mode & 0o777) in ("0o600", "0o644")  # 0o600 with safetensors 0.8.0 (safetensors#782)
+        L.apply_umask(tmp_path / "m")
+        assert oct(w.stat().st_mode & 0o777) == oct((tmp_path / "m" / "config.json").stat().st_mode & 0o777) == "0o644"
+    finally: os.umask(old)

@@ -1,8 +1,8 @@
 """The `vllm` backend against the real engine (vLLM's OpenAI-compatible server from .venv-vllm): fp32 greedy parity of
 token ids with the `hf` backend for the world's SFT model and SmolLM2-135M, log-prob agreement, seeded sampling
 reproducible across calls and servers, n samples in order, stop strings, the Self-Contrast band sampling with
-`backend: vllm`, and faults — port taken, bad model folder, server killed mid-batch — each with a clear error or a
-clean resume and no process left behind.
+`backend: vllm`, each server's own API key (a request without it is refused), and faults — port taken, bad model
+folder, server killed mid-batch — each with a clear error or a clean resume and no process left behind.
 
 Skipped only when .venv-vllm is absent and SELFALIGN_REQUIRE_VLLM is unset; `make test` sets it, so CI fails instead.
 A server's start costs ~25 s of one core: the module's servers (world, SmolLM2, the one killed mid-batch) are launched
@@ -30,7 +30,7 @@ from selfalign.generate.base import (CachedGenerator, GenerateConfig, Generator,
                                 make_generator, prompt_seed, read_shards, render_prompts)
 from selfalign.models.loader import SMOLLM2_NAME, cache_root, load_smollm2
 from selfalign.generate.vllm import (PortInUseError, VLLMGenerator, VLLMRequestError, VLLMServerError, default_vllm_python,
-                                    group_pids, vllm_model_dir)
+                                    group_pids, request_json, vllm_model_dir)
 from selfalign.world.models import default_world_dir, load_world_model
 
 from conftest import ROOT
@@ -119,6 +119,23 @@ def test_protocol_fingerprint_cache(world_vllm, world_hf, tmp_path):
     with pytest.raises(VLLMRequestError, match="prompt [01] of the call.*max_tokens"):  # a refused request names its prompt
         g.generate(WORLD_PROMPTS[:2], SamplingParams(max_new_tokens=600))  # the world model's context is 512
     assert g.server.running()  # and leaves the server running
+
+
+def test_server_wants_its_own_key(servers, world_vllm):
+    "Each server has a random API key: a request without it (or with another) is refused; it is in no file and no argv."
+    s, body = world_vllm.server, {"model": world_vllm.server.name, "prompt": [1], "max_tokens": 1}
+    with pytest.raises(VLLMRequestError, match="HTTP 401"):  # a request as anyone on this host could send it
+        request_json(f"{s.url}/v1/completions", body)
+    for key in ("not-the-key", servers["victim"].server._api_key):
+        with pytest.raises(VLLMRequestError, match="HTTP 401"):
+            request_json(f"{s.url}/v1/completions", body, api_key=key)
+    assert request_json(f"{s.url}/v1/completions", body, api_key=s._api_key)["choices"]  # our client sends it
+    key = s._api_key.encode()
+    assert len(key) >= 32 and key != servers["victim"].server._api_key.encode()
+    for pid in group_pids(s.pid):  # the server, its engine core and workers: not on any command line
+        assert key not in Path(f"/proc/{pid}/cmdline").read_bytes()
+    files = [f for f in world_vllm.work_dir.rglob("*") if f.is_file() and not f.is_symlink()]
+    assert s.log_path in files and not [f for f in files if key in f.read_bytes()]
 
 
 def test_greedy_parity_world(world_vllm, world_hf):

@@ -17,8 +17,8 @@ __all__ = ['PG_INSTRUCTION', 'HHH_ASPECTS', 'rubric_ranks', 'comparisons', 'synt
            'extract_query', 'bad_query', 'parse_rubric', 'config_parts', 'ALMoSTBandConfig', 'check_inputs',
            'seed_queries', 'pg_prompt', 'generate_queries', 'demonstrations', 'render_query', 'cut_response',
            'configuration_responses', 'label_accuracy', 'rubric_configs', 'rm_pairs', 'rmsp', 'almost_rows',
-           'hhh_items', 'hhh_accuracy', 'mc_items', 'mc1_accuracy', 'evaluate_almost', 'almost_claims', 'pair_accuracy',
-           'ALMoSTBand', 'almost_tables', 'plot_almost']
+           'hhh_items', 'hhh_accuracy', 'mc_items', 'mc1_accuracy', 'evaluate_almost', 'rubric_accuracy', 'filter_gap',
+           'almost_claims', 'pair_accuracy', 'pair_outcomes', 'ALMoSTBand', 'almost_tables', 'plot_almost']
 
 # %% ../../nbs/bands/30_almost.ipynb #7e7eaf0b
 import numpy as np
@@ -102,7 +102,7 @@ import json, random
 from functools import partial
 from pathlib import Path
 from typing import ClassVar
-from ..core.base import RunDir, make_claim, seed_everything
+from ..core.base import RunDir, make_claim, paired_bootstrap_ci, seed_everything
 from ..data.records import DataError, SFTExample
 from ..eval.policy import best_of_n, estimate, sample_policy, win_outcomes
 from ..judges.base import BandPrompt, prefer_scores
@@ -111,7 +111,7 @@ from ..objectives.logps import completion_logps
 from ..trainers.stages import RewardStageConfig, SFTStageConfig, StageResult, load_reward_model, reward_model_from, reward_scores
 from ..world import base as W
 from .base import (BandConfig, Row, load_checkpoint, load_policy, make_judge, merged, prompt_source, rm_judge,
-                                  round_rows, train_ppo_row, train_stage)
+                                  read_json_exact, round_rows, train_ppo_row, train_stage, write_json_exact)
 
 # %% ../../nbs/bands/30_almost.ipynb #0f347f34
 def parse_rubric(text: str) -> list[str | list[str]]:
@@ -303,21 +303,25 @@ def configuration_responses(cfg: ALMoSTBandConfig, queries: Sequence[str], progr
     return out
 
 # %% ../../nbs/bands/30_almost.ipynb #d4a26183
-def label_accuracy(cfg: ALMoSTBandConfig, queries: Sequence[BandPrompt], responses: dict, judge) -> tuple[list[dict], dict]:
-    "Per rubric (and the main one without the filter): pairs, accuracy against `judge` with CI; and each rubric's pairs."
-    rows, pairs_by = [], {}
+def label_accuracy(cfg: ALMoSTBandConfig, queries: Sequence[BandPrompt], responses: dict, judge) -> tuple[list[dict], dict, dict]:
+    """Per rubric (and the main one without the filter): pairs, accuracy against `judge` with CI; each rubric's pairs; and per
+    rubric, per query, the counts of pairs `judge` orders and of those the rubric gets right (for intervals paired over queries)."""
+    rows, pairs_by, per_query = [], {}, {}
     runs = [(name, r, cfg.length_filter) for name, r in cfg.rubrics().items()] + [("main, no length filter", cfg.rubrics()["main"], False)]
     for name, rubric, filt in runs:
-        pairs, qs, names = [], [], rubric_configs(rubric)
-        for q, *rs in zip(queries, *(responses[c] for c in names)):
+        pairs, qs, qi, names = [], [], [], rubric_configs(rubric)
+        for i, (q, *rs) in enumerate(zip(queries, *(responses[c] for c in names))):
             new = comparisons(q.context, dict(zip(names, rs)), rubric, length_filter=filt)
-            pairs += new; qs += [q] * len(new)
+            pairs += new; qs += [q] * len(new); qi += [i] * len(new)
         gold = prefer_scores(judge.score(qs, [p.chosen for p in pairs]), judge.score(qs, [p.rejected for p in pairs]), judge.tie)
         e = estimate((gold[gold != 0] > 0).astype(float).tolist())
         rows.append({"rubric": name, "filter": filt, "pairs": len(pairs), "accuracy": e.mean, "ci95": list(e.ci95), "n": e.n,
                      "ties": int((gold == 0).sum())})
         pairs_by[name] = (pairs, qs, gold)
-    return rows, pairs_by
+        qi, ordered = np.asarray(qi, int), gold != 0
+        per_query[name] = {"right": np.bincount(qi[ordered], (gold[ordered] > 0), minlength=len(queries)).tolist(),
+                           "ordered": np.bincount(qi[ordered], minlength=len(queries)).tolist()}
+    return rows, pairs_by, per_query
 
 def rubric_configs(rubric) -> list[str]:
     "The configuration names of a parsed rubric."
@@ -418,7 +422,7 @@ def mc1_accuracy(model, tokenizer, items: Sequence[dict]) -> dict:
     return {"mc1": e.mean, "mc1_ci95": list(e.ci95)}
 
 def evaluate_almost(cfg: ALMoSTBandConfig, trained: dict, tokenizer, prompts: Sequence[BandPrompt], judge, progress=print) -> tuple:
-    "Per policy: gold reward, win rate against SFT, the multiple-choice tests (world); every pairwise win rate; the samples; each policy's texts."
+    "Per policy: gold reward, win rate against SFT, the multiple-choice tests (world); every pairwise win rate; the samples; each policy's texts; per prompt every pair's outcomes."
     model_name, quality, k = config_parts(cfg.best())
     demos = demonstrations(cfg, quality, k)
     policies = {"SFT (demonstrations)": (lambda: load_policy(cfg.baseline, cfg.dtype)[0], False),
@@ -443,46 +447,63 @@ def evaluate_almost(cfg: ALMoSTBandConfig, trained: dict, tokenizer, prompts: Se
                     for p, t, s in zip(prompts, texts[name], scores[name])]
         del model
     names = list(policies)
-    wins = {}
+    wins, outcomes = {}, {}
     for a in names:
         for b in names:
             if a != b:
-                w = estimate(win_outcomes(scores[a], scores[b], judge.tie))
+                w = estimate(o := win_outcomes(scores[a], scores[b], judge.tie))
                 wins[(a, b)] = {"policy": a, "against": b, "win": w.mean, "ci95": list(w.ci95), "n": w.n}
+                outcomes[f"{a} vs {b}"] = o
     for r in rows:
         w = wins.get((r["policy"], names[0])); r["win_vs_sft"], r["win_ci95"] = (w["win"], w["ci95"]) if w else (0.5, [0.5, 0.5])
-    return rows, list(wins.values()), samples, texts
+    return rows, list(wins.values()), samples, texts, outcomes
 
 # %% ../../nbs/bands/30_almost.ipynb #f8e88d0f
+def _acc(right, ordered): return right.sum() / max(ordered.sum(), 1)
+
+def rubric_accuracy(per_query: dict, rubric: str = "main") -> tuple[float, tuple[float, float]]:
+    "A rubric's accuracy on the pairs the judge orders, with an interval that resamples queries (each query's pairs stay together)."
+    r = per_query[rubric]
+    return _acc(np.asarray(r["right"]), np.asarray(r["ordered"])), paired_bootstrap_ci(_acc, r["right"], r["ordered"])
+
+def filter_gap(per_query: dict) -> tuple[float, tuple[float, float]]:
+    "Accuracy with the length filter minus without it, and its interval, resampling queries (paired: the same queries)."
+    f, n = per_query["main"], per_query["main, no length filter"]
+    stat = lambda a, b, c, d: _acc(a, b) - _acc(c, d)
+    arrays = [f["right"], f["ordered"], n["right"], n["ordered"]]
+    return stat(*map(np.asarray, arrays)), paired_bootstrap_ci(stat, *arrays)
+
 def almost_claims(res: dict) -> list[dict]:
-    "The band's five claims from its results."
-    acc = {r["rubric"]: r for r in res["label_accuracy"]}
-    main, nof = acc["main"], acc["main, no length filter"]
-    rm = {r["model"]: r for r in res["reward_models"]}
-    win = {(w["policy"], w["against"]): w for w in res["pairwise"]}
-    sft = win[("ALMoST-SFT", "SFT (demonstrations)")]
-    ppo = win[("ALMoST-PPO", "ALMoST-SFT")]
-    by = res["judge"]
+    """The band's five claims from the per-query and per-prompt outcomes (`res["per_prompt"]`: pooled over seeds they give
+    the pooled claims)."""
+    pp, by = res["per_prompt"], res["judge"]
+    (main, main_ci), (gap, gap_ci) = rubric_accuracy(pp["label_per_query"]), filter_gap(pp["label_per_query"])
+    rm, gold_rm = estimate(pp["rm_correct"]["RM (synthetic)"]), estimate(pp["rm_correct"]["RM (gold labels)"])
+    sft, ppo = estimate(pp["wins"]["ALMoST-SFT vs SFT (demonstrations)"]), estimate(pp["wins"]["ALMoST-PPO vs ALMoST-SFT"])
     return [
-        make_claim("almost-synthetic-accuracy", f"the main rubric's comparisons agree with {by} more than half the time (on the pairs it orders)",
-                   main["accuracy"], 0.5, ci95=main["ci95"]),
-        make_claim("almost-filter-helps", "the heuristic length filter raises the comparisons' accuracy: value = with − without",
-                   main["accuracy"] - nof["accuracy"], 0.0),
+        make_claim("almost-synthetic-accuracy", f"the main rubric's comparisons agree with {by} more than half the time (on the pairs it orders; "
+                   "the interval resamples queries)", main, 0.5, ci95=main_ci),
+        make_claim("almost-filter-helps", "the heuristic length filter raises the comparisons' accuracy: value = with − without, "
+                   "paired over queries", gap, 0.0, ci95=gap_ci),
         make_claim("almost-rm-accuracy", f"the synthetic RM orders held-out gold pairs with accuracy above 0.6 (the gold-label RM: "
-                   f"{rm['RM (gold labels)']['accuracy']:.3f})", rm["RM (synthetic)"]["accuracy"], 0.6, ci95=rm["RM (synthetic)"]["ci95"]),
+                   f"{gold_rm.mean:.3f})", rm.mean, 0.6, ci95=rm.ci95),
         make_claim("almost-rmsp-beats-sft", f"ALMoST-SFT (RMSP demonstrations) wins against SFT on demonstrations more than half the time, by {by}",
-                   sft["win"], 0.5, ci95=sft["ci95"]),
+                   sft.mean, 0.5, ci95=sft.ci95),
         make_claim("almost-rlsf-beats-rmsp", f"ALMoST-PPO (RL from the synthetic RM) wins against ALMoST-SFT more than half the time, by {by}",
-                   ppo["win"], 0.5, ci95=ppo["ci95"]),
+                   ppo.mean, 0.5, ci95=ppo.ci95),
     ]
 
 # %% ../../nbs/bands/30_almost.ipynb #0277ec92
 def pair_accuracy(scores_a, scores_b, gold) -> dict:
     "Accuracy of a scorer on pairs the gold judge orders (`gold` +1: a better); equal scores count half."
+    e = estimate(pair_outcomes(scores_a, scores_b, gold))
+    return {"accuracy": e.mean, "ci95": list(e.ci95), "n": e.n}
+
+def pair_outcomes(scores_a, scores_b, gold) -> list[float]:
+    "Per pair the gold judge orders: 1 where the scorer agrees, ½ for equal scores, 0 where it disagrees."
     g = np.asarray(gold); keep = g != 0
     s = np.sign(np.asarray(scores_a, float) - np.asarray(scores_b, float))[keep]
-    e = estimate(np.where(s == 0, 0.5, (s == g[keep]).astype(float)).tolist())
-    return {"accuracy": e.mean, "ci95": list(e.ci95), "n": e.n}
+    return np.where(s == 0, 0.5, (s == g[keep]).astype(float)).tolist()
 
 class ALMoSTBand:
     "ALMoST as a `Band`; the synthetic RM stays in memory: RMSP picks with it and PPO optimises it."
@@ -501,14 +522,14 @@ class ALMoSTBand:
         (out / "responses").mkdir(exist_ok=True)
         for c, rs in responses.items(): rd.write_json(f"responses/{c}.json", rs)
         judge = make_judge(cfg.judge)
-        acc, pairs_by = label_accuracy(cfg, queries, responses, judge)
+        acc, pairs_by, per_query = label_accuracy(cfg, queries, responses, judge)
         pairs, qs, gold = pairs_by["main"]
         synthetic, gold_pairs = rm_pairs(pairs, qs), rm_pairs(pairs, qs, gold)
         if len(synthetic) < 2 or len(gold_pairs) < 2:
             raise DataError(f"{len(synthetic)} synthetic comparisons ({len(gold_pairs)} gold-ordered) from {len(texts)} queries; raise n_prompts")
         rd.write_jsonl("comparisons.jsonl", [{**asdict(p), "gold": int(g)} for p, g in zip(synthetic, gold)])
         kept = {c: sum(r is not None for r in rs) for c, rs in responses.items()}
-        return {"queries": queries, "rm_pairs": synthetic, "gold_rm_pairs": gold_pairs, "label_accuracy": acc,
+        return {"queries": queries, "rm_pairs": synthetic, "gold_rm_pairs": gold_pairs, "label_accuracy": acc, "label_per_query": per_query,
                 "counts": {"pg": pg, "rg_kept": kept, "comparisons": len(synthetic), "gold_ordered": len(gold_pairs)}}
 
     def rows(self, cfg, data): return almost_rows(cfg, data)
@@ -526,6 +547,7 @@ class ALMoSTBand:
             demos, curve, counts = rmsp(cfg, self.rm, tokenizer, row.data, make_judge(cfg.judge))
             if not demos: raise DataError(f"RMSP kept no demonstration from {counts}; raise rmsp_queries or lower min_chars")
             self.rmsp = {"best_of_n": curve, "counts": counts}
+            write_json_exact(out / "rmsp.json", self.rmsp)  # for a later run that reuses this row
             RunDir(out).write_jsonl("rmsp.jsonl", demos)
             seed_everything(cfg.seed)
             model = load_policy(cfg.policy, cfg.dtype, lora=cfg.lora(), quantization=cfg.quantization)[0] if here else None
@@ -535,21 +557,27 @@ class ALMoSTBand:
         return train_ppo_row(cfg, row, tokenizer, out, str(trained["ALMoST-SFT"].checkpoint), rm_judge(self.rm, tokenizer).score,
                              self.rm, cfg.ppo_rollout_prompts, cfg.ppo_epochs, cfg.ppo_mini_batches)
 
+    def restore_row(self, cfg, row, tokenizer, out, done):
+        "A row reused from an earlier run: the synthetic RM from its checkpoint, RMSP's best-of-N curve and counts from its folder."
+        if row.name == "RM (synthetic)": self.rm = load_reward_model(done.checkpoint, cfg.dtype)
+        if row.kind == "rmsp": self.rmsp = read_json_exact(out / "rmsp.json")
+
     def evaluate(self, cfg: ALMoSTBandConfig, data: dict, trained: dict, tokenizer, progress=print) -> dict:
         judge = make_judge(cfg.judge)
         prompts = [BandPrompt(p.text, p.kind, render_query(cfg, p.text)) for p in prompt_source(cfg, tokenizer).prompts(cfg.n_eval, "test")]
-        rows, pairwise, samples, texts = evaluate_almost(cfg, trained, tokenizer, prompts, judge, progress)
+        rows, pairwise, samples, texts, outcomes = evaluate_almost(cfg, trained, tokenizer, prompts, judge, progress)
         a, b = texts["SFT (demonstrations)"], texts[f"prompted base ({cfg.best()})"]
         gold = prefer_scores(judge.score(prompts, a), judge.score(prompts, b), judge.tie)
         ctx = [p.context for p in prompts]
-        table = []
+        table, rm_correct = [], {}
         for name, rm, pairs in (("RM (synthetic)", self.rm, data["rm_pairs"]), ("RM (gold labels)", None, data["gold_rm_pairs"])):
             rm = rm if rm is not None else load_reward_model(trained[name].checkpoint, cfg.dtype)
             sa, sb = (reward_scores(rm, tokenizer, ctx, [" " + t for t in ts]).numpy() for ts in (a, b))
-            table.append({"model": name, **pair_accuracy(sa, sb, gold), "trained_on": len(pairs)})
+            table.append({"model": name, **pair_accuracy(sa, sb, gold), "trained_on": len(pairs)}); rm_correct[name] = pair_outcomes(sa, sb, gold)
         table.append({"model": "length heuristic", **pair_accuracy([len(t) for t in a], [len(t) for t in b], gold), "trained_on": 0})
         return {"counts": {**data["counts"], "rmsp": self.rmsp["counts"]}, "label_accuracy": data["label_accuracy"], "reward_models": table,
-                "policies": rows, "pairwise": pairwise, "best_of_n": self.rmsp["best_of_n"], "judge": judge.name, "samples": samples}
+                "policies": rows, "pairwise": pairwise, "best_of_n": self.rmsp["best_of_n"], "judge": judge.name, "samples": samples,
+                "per_prompt": {"label_per_query": data["label_per_query"], "rm_correct": rm_correct, "wins": outcomes}}
 
     def claims(self, cfg, data, results): return almost_claims(results)
 

@@ -8,22 +8,26 @@ Docs: https://selfalign.github.io/selfalign/bands/base.html.md"""
 
 # %% ../../nbs/bands/00_base.ipynb #d24dc836
 from __future__ import annotations
-import copy, json, time
+import copy, hashlib, importlib, json, os, shutil, time, uuid
 from functools import partial
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields, is_dataclass
 from pathlib import Path
 from typing import Any, Callable, ClassVar, Protocol, Sequence
 
 # %% auto #0
-__all__ = ['TrainSpec', 'BandConfig', 'load_policy', 'policy_files', 'train_stage', 'OfflinePrompts', 'HHRLHFPrompts',
-           'OASST1Prompts', 'prompt_source', 'make_judge', 'Row', 'TrainedRow', 'Band', 'run_band', 'load_checkpoint',
-           'merged', 'rm_judge', 'train_ppo_row', 'round_rows', 'response_sep']
+__all__ = ['ROW_MARKER', 'DATA_CACHE', 'TrainSpec', 'BandConfig', 'load_policy', 'policy_files', 'train_stage', 'OfflinePrompts',
+           'HHRLHFPrompts', 'OASST1Prompts', 'prompt_source', 'make_judge', 'Row', 'TrainedRow', 'Band', 'run_band',
+           'load_checkpoint', 'encode_data', 'decode_data', 'write_json_exact', 'read_json_exact', 'fingerprint',
+           'band_fingerprint', 'row_fingerprint', 'finished_row', 'mark_row', 'resume_or_train', 'cached_data',
+           'cache_data', 'merged', 'rm_judge', 'train_ppo_row', 'round_rows', 'response_sep']
 
 # %% ../../nbs/bands/00_base.ipynb #447e23f6
-from ..core.base import RunDir, StageConfig, atomic_write_json, seed_everything
+import numpy as np
+from .. import __version__
+from ..core.base import RunDir, StageConfig, atomic_write_json, atomic_write_text, seed_everything
 from ..judges.base import BandPrompt, JudgeUnavailable, RewardModelJudge
 from ..judges.proxy import ProxyJudge
-from ..models.loader import LoraSpec, load_model, load_smollm2, smollm2_dir
+from ..models.loader import LoraSpec, load_model, load_smollm2, model_fingerprint, smollm2_dir
 from ..trainers.launch import LaunchConfig, StageJob, launch, run_job
 from ..trainers.ppo import PPOStageConfig, run_ppo
 from ..trainers.stages import StageResult, reward_scores
@@ -219,26 +223,36 @@ class Band(Protocol):
     def train_row(self, cfg, row: Row, tokenizer, out: Path, trained: dict) -> Any: ...  # a `StageResult`
     def evaluate(self, cfg, data: dict, trained: dict, tokenizer, progress) -> dict: ...  # results (with "samples")
     def claims(self, cfg, data: dict, results: dict) -> list[dict]: ...
+    # optional, for a band that keeps something of a trained row in memory (a reward model):
+    # def restore_row(self, cfg, row: Row, tokenizer, out: Path, done: TrainedRow) -> None  # the same, for a row reused from `out`
 
 def run_band(band: Band, cfg: BandConfig, out: str | Path, progress: Callable = print) -> dict:
-    "Data → every row trained into its own checkpoint → evaluation → claims; writes results.json and samples.jsonl."
+    """Data → every row trained into its own checkpoint → evaluation → claims; writes results.json and samples.jsonl.
+    Run again into the same folder it resumes: the data and the finished rows of the same fingerprint are reused."""
     out = Path(out); out.mkdir(parents=True, exist_ok=True); t0 = time.perf_counter(); secs = {}
     cfg.to_json(out / "band_config.json"); seed_everything(cfg.seed)
     policy, tok = load_policy(cfg.policy, cfg.dtype)
-    data = band.build_data(cfg, policy, tok, out, progress)
+    run_fp = band_fingerprint(band, cfg, policy)
+    data = cached_data(out, run_fp)
+    resumed = {"data": data is not None, "rows": []}
+    if data is not None: progress(f"data: reused from {out / DATA_CACHE}")
+    else:
+        data = band.build_data(cfg, policy, tok, out, progress)
+        if why := cache_data(out, run_fp, data): progress(f"data: not cached ({why})")
     del policy; secs["data"] = time.perf_counter() - t0
-    trained: dict[str, TrainedRow] = {}
-    for row in band.rows(cfg, data):
-        res = band.train_row(cfg, row, tok, out / row.dir_name(), trained)
-        trained[row.name] = TrainedRow(row.name, Path(res.final_dir), res.log_history, res.counts, res.seconds)
-        del res  # the model is released: rows are evaluated from their checkpoints
+    trained: dict[str, TrainedRow] = {}; fps = []
+    for row in band.rows(cfg, data):  # each row's model is released once trained: rows are evaluated from their checkpoints
+        fps.append(row_fingerprint(row, run_fp, fps))
+        trained[row.name], reused = resume_or_train(band, cfg, row, tok, out, fps[-1], trained, progress)
+        if reused: resumed["rows"].append(row.name)
     secs["train"] = time.perf_counter() - t0 - secs["data"]
-    t1 = time.perf_counter()
+    t1 = time.perf_counter(); seed_everything(cfg.seed)  # evaluation starts from the seed, whatever was reused before it
     results = band.evaluate(cfg, data, trained, tok, progress)
     samples = results.pop("samples", [])
     secs["eval"] = time.perf_counter() - t1; secs["total"] = time.perf_counter() - t0
     results["claims"] = band.claims(cfg, data, results)
     results["seconds"] = {k: round(v, 1) for k, v in secs.items()}
+    results["resumed"] = resumed
     atomic_write_json(out / "results.json", results)
     RunDir(out).write_jsonl("samples.jsonl", samples)
     return results
@@ -252,6 +266,121 @@ def load_checkpoint(cfg: BandConfig, folder: str | Path):
         base, _ = load_policy(spec, cfg.dtype, quantization=cfg.quantization)  # e.g. DPO rows: the SFT row's checkpoint
         return PeftModel.from_pretrained(base, folder)
     return load_policy(str(folder), cfg.dtype)[0]
+
+# %% ../../nbs/bands/00_base.ipynb #2c839038
+_TAGS = ("__tuple__", "__ndarray__", "__npscalar__", "__dataclass__")
+
+def encode_data(obj, fallback: Callable | None = None):
+    """`obj` as plain JSON values, with tuples, NumPy arrays and scalars and `selfalign` dataclasses tagged for
+    `decode_data`; any other type raises `TypeError` (or is given to `fallback`)."""
+    enc, t = partial(encode_data, fallback=fallback), type(obj)
+    if obj is None or t in (bool, int, float, str): return obj
+    if t is list: return [enc(v) for v in obj]
+    if t is tuple: return {"__tuple__": [enc(v) for v in obj]}
+    if t is dict and all(type(k) is str and k not in _TAGS for k in obj): return {k: enc(v) for k, v in obj.items()}
+    if t is np.ndarray and obj.dtype.kind in "biuf": return {"__ndarray__": obj.tolist(), "dtype": obj.dtype.str, "shape": list(obj.shape)}
+    if isinstance(obj, np.generic) and obj.dtype.kind in "biuf": return {"__npscalar__": obj.item(), "dtype": obj.dtype.str}
+    if is_dataclass(obj) and t.__module__.startswith("selfalign.") and all(f.init for f in fields(obj)):
+        return {"__dataclass__": f"{t.__module__}:{t.__qualname__}", "fields": {f.name: enc(getattr(obj, f.name)) for f in fields(obj)}}
+    if fallback is not None: return fallback(obj)
+    what = "a dict with a key that is not a string (or is a tag)" if t is dict else f"a {t.__module__}.{t.__qualname__}"
+    raise TypeError(f"{what} cannot be stored as JSON")
+
+def decode_data(obj):
+    "What `encode_data` stored, rebuilt; a tagged class must be a dataclass of `selfalign` (nothing else is imported)."
+    if type(obj) is list: return [decode_data(v) for v in obj]
+    if type(obj) is not dict: return obj
+    if "__tuple__" in obj: return tuple(decode_data(v) for v in obj["__tuple__"])
+    if "__ndarray__" in obj: return np.array(obj["__ndarray__"], dtype=obj["dtype"]).reshape(obj["shape"])
+    if "__npscalar__" in obj: return np.dtype(obj["dtype"]).type(obj["__npscalar__"])
+    if "__dataclass__" in obj:
+        mod, name = obj["__dataclass__"].split(":")
+        if not mod.startswith("selfalign."): raise ValueError(f"{obj['__dataclass__']} is not a selfalign class")
+        cls = importlib.import_module(mod)
+        for part in name.split("."): cls = getattr(cls, part)
+        if not (isinstance(cls, type) and is_dataclass(cls)): raise ValueError(f"{obj['__dataclass__']} is not a dataclass")
+        return cls(**{k: decode_data(v) for k, v in obj["fields"].items()})
+    return {k: decode_data(v) for k, v in obj.items()}
+
+def write_json_exact(path: str | Path, obj) -> Path:
+    "`obj` as JSON for `read_json_exact`, atomically (objects `encode_data` refuses are written as their repr)."
+    return atomic_write_text(path, json.dumps(encode_data(obj, fallback=repr), allow_nan=True))
+
+def read_json_exact(path: str | Path):
+    "What `write_json_exact` wrote."
+    return decode_data(json.loads(Path(path).read_text(encoding="utf-8")))
+
+# %% ../../nbs/bands/00_base.ipynb #1db179c9
+ROW_MARKER, DATA_CACHE = "row.json", "band_data.json"  # written last in a row's folder / beside band_config.json
+
+def _describe(o):
+    "An object `encode_data` refuses, for a fingerprint: a path, any dataclass by its fields, its own `fingerprint` (a generator's), else something new every time."
+    if isinstance(o, Path): return str(o)
+    if is_dataclass(o) and not isinstance(o, type):  # e.g. a config class defined in a notebook
+        return {"__dataclass__": f"{type(o).__module__}:{type(o).__qualname__}", "fields": {f.name: encode_data(getattr(o, f.name), _describe) for f in fields(o)}}
+    fp = getattr(o, "fingerprint", None)  # a repr (a model's lists its layers, not its weights) could match what differs
+    return f"{type(o).__qualname__}:{fp}" if isinstance(fp, str) else f"{type(o).__qualname__}:{uuid.uuid4().hex}"
+
+def fingerprint(*parts) -> str:
+    "16 hex characters of SHA-256 over `parts` as canonical JSON (an object with no fingerprint of its own never matches)."
+    text = json.dumps(encode_data(list(parts), fallback=_describe), sort_keys=True, allow_nan=True)
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+def band_fingerprint(band, cfg: BandConfig, policy) -> str:
+    "What all of a run depends on: the band's class and its state at the start, the config (seed included), the policy's weights, the version."
+    try: weights = model_fingerprint(policy)
+    except (ValueError, RuntimeError): weights = None  # weights not in memory (offloaded): the config's name for them stands
+    return fingerprint(f"{type(band).__module__}.{type(band).__qualname__}", getattr(band, "__dict__", {}), cfg, weights, __version__)
+
+def row_fingerprint(row: Row, run_fp: str, before: Sequence[str]) -> str:
+    "A row's: the run's, its settings and records, and the fingerprints of all rows before it (any of them may be its start or its judge)."
+    return fingerprint(run_fp, row.name, row.kind, row.dir_name(), row.spec, row.options, fingerprint(row.data), list(before))
+
+# %% ../../nbs/bands/00_base.ipynb #38c856c0
+def finished_row(folder: Path, name: str, fp: str) -> tuple[TrainedRow | None, str]:
+    "The row `name` as its marker in `folder` gives it back if the marker names `fp` and the checkpoint is there; else None and why."
+    try: m = read_json_exact(folder / ROW_MARKER)
+    except FileNotFoundError: return None, "holds an unfinished row" if folder.exists() else "is new"
+    except (OSError, ValueError, TypeError) as e: return None, f"holds an unreadable marker ({e})"
+    if not isinstance(m, dict) or m.get("fingerprint") != fp: return None, "holds a row of another config, seed, policy or data"
+    if not (ckpt := folder / m["checkpoint"]).exists(): return None, f"lacks the checkpoint its marker names ({ckpt})"
+    return TrainedRow(name, ckpt, m["log_history"], m["counts"], m["seconds"]), "holds it"
+
+def mark_row(folder: Path, name: str, fp: str, res) -> TrainedRow:
+    "Write a trained row's marker, last: its checkpoint, log history, counts, seconds and fingerprint; the row as the marker gives it back."
+    write_json_exact(folder / ROW_MARKER, {"name": name, "fingerprint": fp, "checkpoint": os.path.relpath(res.final_dir, folder),
+                                           "log_history": res.log_history, "counts": res.counts, "seconds": res.seconds})
+    return finished_row(folder, name, fp)[0]  # a trained and a reused row are then the same values
+
+def resume_or_train(band, cfg: BandConfig, row: Row, tokenizer, out: Path, fp: str, trained: dict, progress: Callable = print
+                   ) -> tuple[TrainedRow, bool]:
+    "The row reused from its folder if it finished there under `fp` (the band restores what it keeps of it), else trained afresh; and whether reused."
+    folder = out / row.dir_name()
+    done, why = finished_row(folder, row.name, fp)
+    if done is not None:
+        progress(f"row {row.name}: reused from {folder}")
+        if hasattr(band, "restore_row"): band.restore_row(cfg, row, tokenizer, folder, done)
+        return done, True
+    if folder.is_dir() and out.resolve() in folder.resolve().parents:  # an unfinished or stale row starts afresh
+        progress(f"row {row.name}: training afresh ({folder} {why})"); shutil.rmtree(folder)
+    seed_everything(cfg.seed)
+    return mark_row(folder, row.name, fp, band.train_row(cfg, row, tokenizer, folder, trained)), False
+
+# %% ../../nbs/bands/00_base.ipynb #699c9f28
+def cached_data(out: Path, fp: str) -> dict | None:
+    "The band's data as an earlier run of fingerprint `fp` cached it in `out`, or None."
+    try: d = read_json_exact(out / DATA_CACHE)
+    except (OSError, ValueError, TypeError, AttributeError, ImportError): return None  # e.g. a class changed since
+    return d.get("data") if isinstance(d, dict) and d.get("fingerprint") == fp else None
+
+def cache_data(out: Path, fp: str, data: dict) -> str | None:
+    "Cache `data` in `out` under `fp` if JSON gives it back exactly; else remove any older cache and say why not."
+    (out / DATA_CACHE).unlink(missing_ok=True)
+    try:
+        text = json.dumps(encode_data(data), allow_nan=True)
+        if json.dumps(encode_data(decode_data(json.loads(text))), allow_nan=True) != text: return "JSON does not give it back exactly"
+    except (TypeError, ValueError, AttributeError, ImportError) as e: return str(e)
+    atomic_write_text(out / DATA_CACHE, f'{{"fingerprint": {json.dumps(fp)}, "data": {text}}}')
 
 # %% ../../nbs/bands/00_base.ipynb #d1ac7e2d
 def merged(model):

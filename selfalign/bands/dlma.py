@@ -13,13 +13,14 @@ from pathlib import Path
 from typing import Sequence
 
 # %% auto #0
-__all__ = ['CONTRASTS', 'METHODS', 'Contrast', 'load_contrasts', 'contrast_for', 'render_affixed', 'DLMABandConfig',
-           'dlma_prompts', 'contrastive_generate', 'rlaif_labels', 'gold_labels', 'label_accuracy', 'dlma_rows',
-           'train_dlma_row', 'evaluate_methods', 'dlma_claims', 'DLMABand', 'dlma_tables', 'plot_dlma']
+__all__ = ['CONTRASTS', 'METHODS', 'MATCH_MARGIN', 'Contrast', 'load_contrasts', 'contrast_for', 'render_affixed',
+           'DLMABandConfig', 'dlma_prompts', 'contrastive_generate', 'rlaif_labels', 'gold_labels', 'label_accuracy',
+           'label_correct', 'dlma_rows', 'train_dlma_row', 'evaluate_methods', 'dlma_claims', 'DLMABand', 'dlma_tables',
+           'plot_dlma']
 
 # %% ../../nbs/bands/20_dlma.ipynb #e0d70fc9
 import numpy as np
-from ..core.base import RunDir, make_claim, seed_everything
+from ..core.base import RunDir, diff_ci, make_claim, seed_everything
 from ..data.records import CHAT_TEMPLATES, DataError, PreferencePair, SFTExample, render_prompt
 from ..eval.policy import estimate, evaluate_policies
 from ..generate.base import HFGenerator, SamplingParams, generate_to_shards, read_shards
@@ -165,12 +166,12 @@ def gold_labels(judge, rows: Sequence[dict]) -> np.ndarray:
 # %% ../../nbs/bands/20_dlma.ipynb #096ef455
 def label_accuracy(gold: np.ndarray, labels: dict[str, np.ndarray]) -> list[dict]:
     "Per labeller: agreement with the gold labels on the pairs gold orders, with a bootstrap CI."
-    keep = gold != 0
-    out = []
-    for name, lab in labels.items():
-        e = estimate((np.sign(lab[keep]) == gold[keep]).astype(float).tolist())
-        out.append({"labeller": name, "accuracy": e.mean, "ci95": list(e.ci95), "n": e.n})
-    return out
+    return [{"labeller": name, "accuracy": (e := estimate(c)).mean, "ci95": list(e.ci95), "n": e.n} for name, c in label_correct(gold, labels).items()]
+
+def label_correct(gold: np.ndarray, labels: dict[str, np.ndarray]) -> dict[str, list[float]]:
+    "Per labeller, per pair gold orders (the same pairs for every labeller): 1 where its label agrees with gold, else 0."
+    keep = np.asarray(gold) != 0
+    return {name: (np.sign(np.asarray(lab)[keep]) == np.asarray(gold)[keep]).astype(float).tolist() for name, lab in labels.items()}
 
 # %% ../../nbs/bands/20_dlma.ipynb #cfa3fa87
 def _pairs(rows, labels=None, margins=None) -> list[PreferencePair]:
@@ -207,41 +208,53 @@ def train_dlma_row(cfg: DLMABandConfig, row: Row, tokenizer, out: Path, trained:
     return train_stage(cfg, "preference", PreferenceStageConfig(beta=cfg.beta, **kw, **row.options), row.data, out, tokenizer, cfg.policy, model=model)
 
 # %% ../../nbs/bands/20_dlma.ipynb #c488e62d
-def evaluate_methods(cfg: DLMABandConfig, trained: dict, tokenizer, prompts: Sequence[BandPrompt], judge, progress=print) -> tuple[list[dict], list[dict]]:
-    "One row per method (the SFT model and every trained row, loaded one at a time), plus the samples."
+def evaluate_methods(cfg: DLMABandConfig, trained: dict, tokenizer, prompts: Sequence[BandPrompt], judge, progress=print) -> tuple[list[dict], list[dict], dict]:
+    "One row per method (the SFT model and every trained row, loaded one at a time), the samples, and per prompt each method's gold reward and win outcome."
     policies = {"SFT": lambda: load_policy(cfg.policy, cfg.dtype)[0],
                 **{n: partial(load_checkpoint, cfg, t.checkpoint) for n, t in trained.items()}}
     ev = evaluate_policies(policies, tokenizer, prompts, judge, baseline="SFT", reference="SFT", temperature=cfg.temperature,
                            max_new_tokens=cfg.max_new_tokens, seed=cfg.seed + 7, batch_size=cfg.gen_batch_size, progress=progress)
-    rows, samples = [], []
+    rows, samples, per = [], [], {"gold": {}, "win": {}}
     for name, e in ev.items():
         rows.append({"method": name, "gold": e.gold.mean, "gold_ci95": list(e.gold.ci95), "win_vs_sft": e.win.mean,
                      "win_ci95": list(e.win.ci95), "kl": e.kl.mean, **e.rates, "n": len(e.texts)})
+        per["gold"][name] = [float(s) for s in e.scores]
+        per["win"][name] = e.wins
         samples += [{"method": name, "prompt": p.text, "kind": p.kind, "response": t, "gold": float(s)}
                     for p, t, s in zip(prompts, e.texts, e.scores)]
-    return rows, samples
+    return rows, samples, per
 
 # %% ../../nbs/bands/20_dlma.ipynb #e580249b
-def dlma_claims(acc: list[dict], table: list[dict], judge: str = "the oracle") -> list[dict]:
-    "The band's claims; a claim whose rows were not run (e.g. in the ablations config) is left out, not failed."
-    a = {r["labeller"]: r for r in acc}
+MATCH_MARGIN = 0.05  # "comparable to RLHF": DLMA's win rate at most this far below RLHF's
+
+def dlma_claims(per: dict, table: list[dict], judge: str = "the oracle") -> list[dict]:
+    """The band's claims from the per-pair label correctness and the per-prompt outcomes (`per`: "label_correct", "gold",
+    "win"); differences get paired intervals (the same pairs, the same prompts). A claim whose rows were not run (e.g. in
+    the ablations config) is left out, not failed."""
     t = {r["method"]: r for r in table}
     by = judge  # the judge's name
-    get = lambda m, k: t[m][k] if m in t else None
-    sr, rl = a.get("self-reward (DLMA)"), a.get("RLAIF judge")
-    diff = lambda x, y: None if x is None or y is None else x - y
+    win = estimate(per["win"]["DLMA"]) if "DLMA" in per["win"] else None
+    def gap(kind, a, b):  # mean(a) − mean(b) and its paired interval
+        x, y = np.asarray(per[kind][a]), np.asarray(per[kind][b])
+        return x.mean() - y.mean(), diff_ci(x, y)
     need = {"dlma-selfreward-beats-rlaif": (), "dlma-beats-sft": ("DLMA",), "dlma-beats-rlcd": ("DLMA", "RLCD"),
             "dlma-matches-rlhf": ("DLMA", "RLHF")}
-    return [c for c in [
-        make_claim("dlma-selfreward-beats-rlaif", f"the self-rewarding margin labels pairs more accurately than the RLAIF judge (vs {by}): "
-                   "value = self-reward − RLAIF accuracy", diff(sr and sr["accuracy"], rl and rl["accuracy"]), 0.0),
-        make_claim("dlma-beats-sft", f"DLMA wins against the SFT model more than half the time, judged by {by}",
-                   get("DLMA", "win_vs_sft"), 0.5, ci95=get("DLMA", "win_ci95")),
-        make_claim("dlma-beats-rlcd", f"DLMA earns more gold reward than RLCD (the margin matters), by {by}: value = DLMA − RLCD",
-                   diff(get("DLMA", "gold"), get("RLCD", "gold")), 0.0),
-        make_claim("dlma-matches-rlhf", "DLMA's win rate is within the RLHF row's 95% CI or above it: value = DLMA − RLHF's lower bound",
-                   diff(get("DLMA", "win_vs_sft"), get("RLHF", "win_ci95") and get("RLHF", "win_ci95")[0]), 0.0, inclusive=True),
-    ] if all(m in t for m in need[c["id"]])]
+    out = []
+    for cid, args in [
+        ("dlma-selfreward-beats-rlaif", (f"the self-rewarding margin labels pairs more accurately than the RLAIF judge (vs {by}): "
+         "value = self-reward − RLAIF accuracy, paired over the same pairs", *gap("label_correct", "self-reward (DLMA)", "RLAIF judge"), 0.0)),
+        ("dlma-beats-sft", (f"DLMA wins against the SFT model more than half the time, judged by {by}",
+         win and win.mean, win and win.ci95, 0.5)),
+        ("dlma-beats-rlcd", (f"DLMA earns more gold reward than RLCD (the margin matters), by {by}: value = DLMA − RLCD, paired over prompts",
+         *(gap("gold", "DLMA", "RLCD") if "RLCD" in t and "DLMA" in t else (None, None)), 0.0)),
+        ("dlma-matches-rlhf", (f"DLMA is comparable to RLHF: its win rate against the SFT model is at most {MATCH_MARGIN:g} below RLHF's, "
+         f"by {by}: value = DLMA − RLHF win rate, paired over prompts",
+         *(gap("win", "DLMA", "RLHF") if "RLHF" in t and "DLMA" in t else (None, None)), -MATCH_MARGIN)),
+    ]:
+        if all(m in t for m in need[cid]):
+            statement, value, ci, threshold = args
+            out.append(make_claim(cid, statement, value, threshold, ci95=ci, inclusive=cid == "dlma-matches-rlhf"))
+    return out
 
 # %% ../../nbs/bands/20_dlma.ipynb #bdb215f4
 class DLMABand:
@@ -254,27 +267,27 @@ class DLMABand:
         progress(f"self-reward and labels for {len(rows)} pairs")
         margins = self_reward_margins(policy, tokenizer, rows)
         labels = {"RLAIF": rlaif_labels(policy, tokenizer, rows, cfg.template), "RLHF": gold_labels(make_judge(cfg.judge), rows)}
-        acc = label_accuracy(labels["RLHF"], {"self-reward (DLMA)": margins, "RLAIF judge": labels["RLAIF"],
-                                              "RLCD polarity": np.ones(len(rows))})
+        by = {"self-reward (DLMA)": margins, "RLAIF judge": labels["RLAIF"], "RLCD polarity": np.ones(len(rows))}
+        acc, correct = label_accuracy(labels["RLHF"], by), label_correct(labels["RLHF"], by)
         RunDir(out).write_jsonl("pairs.jsonl", [{**r, "margin": float(m), "rlaif": int(a), "gold": int(g)}
                                                 for r, m, a, g in zip(rows, margins, labels["RLAIF"], labels["RLHF"])])
-        return {"pairs": rows, "counts": counts, "margins": margins, "labels": labels, "label_accuracy": acc}
+        return {"pairs": rows, "counts": counts, "margins": margins, "labels": labels, "label_accuracy": acc, "label_correct": correct}
 
     def rows(self, cfg, data): return dlma_rows(cfg, data)
     def train_row(self, cfg, row, tokenizer, out, trained): return train_dlma_row(cfg, row, tokenizer, out, trained)
 
     def evaluate(self, cfg: DLMABandConfig, data: dict, trained: dict, tokenizer, progress=print) -> dict:
         judge = make_judge(cfg.judge)
-        table, samples = evaluate_methods(cfg, trained, tokenizer, dlma_prompts(cfg, tokenizer, cfg.n_eval, "test"), judge, progress)
+        table, samples, per = evaluate_methods(cfg, trained, tokenizer, dlma_prompts(cfg, tokenizer, cfg.n_eval, "test"), judge, progress)
         main = [r for r in table if r["method"] in METHODS]
         abl = [r for r in table if r["method"].startswith("DLMA")]
         m = np.asarray(data["margins"])
         return {"pair_counts": data["counts"], "label_accuracy": data["label_accuracy"], "main": main, "ablations": abl if len(abl) > 1 else [],
                 "margin_stats": {"mean": float(m.mean()), "std": float(m.std()), "share_positive": float((m > 0).mean()),
                                  "share_clipped_40": float((np.abs(m) > 40).mean()), "share_clipped_20": float((np.abs(m) > 20).mean())},
-                "judge": judge.name, "samples": samples}
+                "judge": judge.name, "samples": samples, "per_prompt": {"label_correct": data["label_correct"], **per}}
 
-    def claims(self, cfg, data, results): return dlma_claims(results["label_accuracy"], results["main"], results["judge"])
+    def claims(self, cfg, data, results): return dlma_claims(results["per_prompt"], results["main"], results["judge"])
 
 # %% ../../nbs/bands/20_dlma.ipynb #5a660c8d
 def dlma_tables(res: dict) -> dict:

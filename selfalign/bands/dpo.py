@@ -18,9 +18,9 @@ __all__ = ['DPOBandConfig', 'band_prompts', 'pair_judge', 'sampled_pairs', 'data
 
 # %% ../../nbs/bands/12_dpo.ipynb #7cb0a3e5
 import numpy as np
-from ..core.base import make_claim, seed_everything
+from ..core.base import diff_ci, make_claim, paired_bootstrap_ci, seed_everything
 from ..data.records import DataError, PreferencePair, SFTExample, read_jsonl
-from ..eval.policy import best_of_n, estimate, evaluate_policies, interp_frontier, sample_policy
+from ..eval.policy import best_of_n, bon_picks, estimate, evaluate_policies, interp_frontier, sample_policy
 from ..judges.base import BandPrompt, prefer_scores
 from ..trainers.stages import (PreferenceStageConfig, RewardStageConfig, SFTStageConfig, StageResult, phase_split,
                                        load_reward_model, reward_model_from, reward_scores)
@@ -188,16 +188,18 @@ def evaluate_band(cfg: DPOBandConfig, trained: dict, tokenizer, rm, prompts: Seq
     rep = [p for p in prompts for _ in range(N)]
     rm_all = np.array(rmj.score(rep, flat)).reshape(len(prompts), N)
     gold_all = rm_all if cfg.judge == "rm" else np.array(judge.score(rep, flat)).reshape(len(prompts), N)
-    rows, samples = [], []
+    rows, samples, per = [], [], {"gold": {}, "rm": {}, "win": {}, "kl": {}, "bon_gold": bon_picks(rm_all, gold_all, cfg.bon_ns).tolist()}
     methods = [("SFT", None, "SFT", None), *((n, b, "DPO", None) for n, b in zip(names, cfg.betas)),
                *((n, None, f"PPO ({'RM' if r == 'rm' else 'gold'})", c) for n, c, r in ppo)]
     for name, beta, method, kl_coef in methods:
         e = ev[name]
         rm_r = rm_all[:, 0] if name == "SFT" else rmj.score(prompts, e.texts)
         rows.append(_policy_row(name, beta, e, rm_r, method, kl_coef))
+        per["gold"][name], per["rm"][name], per["win"][name], per["kl"][name] = [float(s) for s in e.scores], [float(s) for s in rm_r], e.wins, e.kls
         samples += [{"policy": name, "prompt": p.text, "kind": p.kind, "response": t, "gold": float(g)}
                     for p, t, g in zip(prompts, e.texts, e.scores)]
-    return {"policies": rows, "best_of_n": best_of_n(rm_all, gold_all, cfg.bon_ns), "samples": samples, "judge": judge.name}
+    return {"policies": rows, "best_of_n": best_of_n(rm_all, gold_all, cfg.bon_ns), "samples": samples, "judge": judge.name,
+            "per_prompt": per}  # every policy on the same prompts: the claims' paired intervals
 
 # %% ../../nbs/bands/12_dpo.ipynb #5756d780
 def training_curves(trained: dict, betas: Sequence[float]) -> dict:
@@ -208,31 +210,41 @@ def training_curves(trained: dict, betas: Sequence[float]) -> dict:
 
 # %% ../../nbs/bands/12_dpo.ipynb #39ac6bfb
 def dpo_claims(cfg: DPOBandConfig, res: dict) -> list[dict]:
-    "The band's claims from its results (the PPO one when it has PPO rows on the RM)."
-    sft_row = res["policies"][0]
-    row = next(r for r in res["policies"] if r["beta"] == cfg.beta)
-    bon_at = interp_frontier(res["best_of_n"], row["kl"])
-    judge = res["judge"]
+    """The band's claims, read from the per-prompt outcomes alone (`res["per_prompt"]`: pooled over seeds they give the
+    pooled claims) and the rows' names; the PPO one when there are PPO rows on the RM. Differences between policies get
+    paired intervals over the held-out prompts; KLs are read at their means."""
+    pp, judge, name = res["per_prompt"], res["judge"], f"DPO β={cfg.beta:g}"
+    rm_after, rm_before = np.array(pp["rm"][name]), np.array(pp["rm"]["SFT"])
+    kl, acc, win = float(np.mean(pp["kl"][name])), estimate(pp["rm_correct"]), estimate(pp["win"][name])
+    kls = [b["kl"] for b in res["best_of_n"]]
+    def gap(d, B):  # DPO's gold minus the best-of-N curve's at DPO's KL
+        return d.mean() - interp_frontier([{"kl": k, "gold": g} for k, g in zip(kls, B.mean(0))], kl)
+    d, B = np.array(pp["gold"][name]), np.array(pp["bon_gold"])
     return [
-        make_claim("dpo-rm-accuracy", "the reward model orders held-out pairs with accuracy above 0.6", res["rm_accuracy"], 0.6,
-                   ci95=res["rm_accuracy_ci95"]),
-        make_claim("dpo-rm-reward-up", f"mean RM reward rises from the SFT model to DPO (β={cfg.beta:g}): value = after − before",
-                   row["rm_reward"] - sft_row["rm_reward"], 0.0),
+        make_claim("dpo-rm-accuracy", "the reward model orders held-out pairs with accuracy above 0.6", acc.mean, 0.6, ci95=acc.ci95),
+        make_claim("dpo-rm-reward-up", f"mean RM reward rises from the SFT model to DPO (β={cfg.beta:g}): value = after − before, paired over prompts",
+                   rm_after.mean() - rm_before.mean(), 0.0, ci95=diff_ci(rm_after, rm_before)),
         make_claim("dpo-beats-sft", f"DPO (β={cfg.beta:g}) wins against the SFT model more than half the time, judged by {judge}",
-                   row["win_vs_sft"], 0.5, ci95=row["win_ci95"]),
-        make_claim("dpo-frontier", f"at its KL ({row['kl']:.2f} nats), DPO (β={cfg.beta:g}) earns at least best-of-N's reward by "
-                   f"{judge}: value = DPO − best-of-N", row["gold"] - bon_at, 0.0, inclusive=True),
+                   win.mean, 0.5, ci95=win.ci95),
+        make_claim("dpo-frontier", f"at its KL ({kl:.2f} nats), DPO (β={cfg.beta:g}) earns at least best-of-N's reward by "
+                   f"{judge}: value = DPO − best-of-N, paired over prompts", gap(d, B), 0.0, ci95=paired_bootstrap_ci(gap, d, B), inclusive=True),
     ] + ([frontier_vs_ppo(res)] if any(r["method"] == "PPO (RM)" for r in res["policies"]) else [])
 
 def frontier_vs_ppo(res: dict) -> dict:
     """`dpo-frontier-vs-ppo`: at each PPO row's KL, DPO's frontier (its β points and the SFT model at KL 0, interpolated
     in KL; past its largest KL, that point's value) minus PPO's gold reward, averaged over the PPO rows on the RM."""
-    dpo = [{"kl": r["kl"], "gold": r["gold"]} for r in res["policies"] if r["method"] in ("SFT", "DPO")]
-    ppo = [r for r in res["policies"] if r["method"] == "PPO (RM)"]
-    gaps = [interp_frontier(dpo, r["kl"]) - r["gold"] for r in ppo]
-    at = ", ".join(f"{r['kl']:.2f}" for r in ppo)
+    pp = res["per_prompt"]
+    dpo = [r["policy"] for r in res["policies"] if r["method"] in ("SFT", "DPO")]
+    ppo = [r["policy"] for r in res["policies"] if r["method"] == "PPO (RM)"]
+    kl = {n: float(np.mean(pp["kl"][n])) for n in dpo + ppo}
+    G = np.column_stack([pp["gold"][n] for n in dpo + ppo])  # (prompts, policies)
+    def gap(G):
+        front = [{"kl": kl[n], "gold": g} for n, g in zip(dpo, G[:, :len(dpo)].mean(0))]
+        return float(np.mean([interp_frontier(front, kl[n]) - g for n, g in zip(ppo, G[:, len(dpo):].mean(0))]))
+    at = ", ".join(f"{kl[n]:.2f}" for n in ppo)
     return make_claim("dpo-frontier-vs-ppo", f"at matched KL ({at} nats), DPO earns at least PPO's reward by {res['judge']}, both "
-                      "optimising the same trained RM: value = mean of DPO's frontier − PPO", float(np.mean(gaps)), 0.0, inclusive=True)
+                      "optimising the same trained RM: value = mean of DPO's frontier − PPO, paired over prompts", gap(G), 0.0,
+                      ci95=paired_bootstrap_ci(gap, G), inclusive=True)
 
 # %% ../../nbs/bands/12_dpo.ipynb #c14a8736
 class DPOBand:
@@ -244,6 +256,9 @@ class DPOBand:
         res = train_dpo_row(cfg, row, tokenizer, out, trained, self.rm)
         if row.kind == "reward": self.rm = res.model if res.model is not None else load_reward_model(res.final_dir, cfg.dtype)
         return res
+    def restore_row(self, cfg, row, tokenizer, out, done):
+        "A row reused from an earlier run: the reward model comes back from its checkpoint (PPO and the evaluation use it)."
+        if row.kind == "reward": self.rm = load_reward_model(done.checkpoint, cfg.dtype)
 
     def evaluate(self, cfg: DPOBandConfig, data: dict, trained: dict, tokenizer, progress=print) -> dict:
         "RM accuracy on fresh held-out pairs, then every policy and best-of-N (`evaluate_band`)."
@@ -253,8 +268,10 @@ class DPOBand:
                                        pair_judge(cfg), seed=cfg.seed + 11)
         c = reward_scores(self.rm, tokenizer, [p.prompt for p in rm_eval], [p.chosen for p in rm_eval])
         r = reward_scores(self.rm, tokenizer, [p.prompt for p in rm_eval], [p.rejected for p in rm_eval])
-        acc = estimate((c > r).float().tolist())
+        correct = (c > r).float().tolist()
+        acc = estimate(correct)
         ev = evaluate_band(cfg, trained, tokenizer, self.rm, band_prompts(cfg, tokenizer, cfg.n_eval, "test"), progress)
+        ev["per_prompt"]["rm_correct"] = correct  # per held-out pair
         sizes = {"sft": len(data["sft"]), "rm_train": len(data["rm_train"]), "rm_eval": len(data["rm_eval"]), "dpo": len(data["dpo"])}
         return {"pair_counts": data["pair_counts"], "phase_sizes": sizes, "rm_accuracy": acc.mean, "rm_accuracy_ci95": list(acc.ci95),
                 "rm_eval_pairs": acc.n, **ev, "curves": training_curves(trained, cfg.betas)}

@@ -20,13 +20,13 @@ from typing import ClassVar, Sequence
 __all__ = ['WORLD_JUDGE_TEMPLATE', 'WORLD_REWARD_TEMPLATE', 'PLACEHOLDERS', 'PMP_SOURCES', 'RM_ROWS', 'PPO_ROWS',
            'SalmonPrinciple', 'world_principles', 'load_principles', 'load_template', 'asset', 'fill', 'judge_pairs',
            'aggregate', 'principle_text', 'reward_doc', 'principle_pairs', 'principle_rewards', 'sample_principles',
-           'SALMONBandConfig', 'cut', 'sample_pairs', 'aspect_gold', 'judge_table', 'pmp_pairs', 'salmon_rows',
-           'ppo_rm_name', 'rl_reward', 'rm_tests', 'forbidden', 'evaluate_salmon', 'paired', 'salmon_claims',
-           'SALMONBand', 'salmon_tables', 'plot_salmon']
+           'SALMONBandConfig', 'cut', 'sample_pairs', 'aspect_gold', 'label_outcomes', 'judge_table', 'pmp_pairs',
+           'salmon_rows', 'ppo_rm_name', 'rl_reward', 'rm_tests', 'forbidden', 'evaluate_salmon', 'paired',
+           'salmon_claims', 'SALMONBand', 'salmon_tables', 'plot_salmon']
 
 # %% ../../nbs/bands/50_salmon.ipynb #45523b10
 import numpy as np
-from ..core.base import RunDir, make_claim, seed_everything
+from ..core.base import RunDir, diff_ci, make_claim, seed_everything
 from ..data.records import DataError, PreferencePair
 from ..eval.policy import estimate, sample_policy, win_outcomes
 from ..judges.base import BandPrompt, prefer_scores
@@ -304,18 +304,22 @@ def aspect_gold(judge, prompts: Sequence[BandPrompt], pairs: Sequence[tuple[str,
     if not isinstance(judge, W.OracleJudge): return None
     return np.array([[W.prefer(p.text, a, b, k) for k in names] for p, (a, b) in zip(prompts, pairs)], dtype=int).reshape(len(pairs), len(names))
 
+def label_outcomes(labels: np.ndarray, gold: np.ndarray) -> list[float]:
+    "1/0 for every (pair, principle) both the labels and the gold order: do they agree? (principle by principle, pairs in order)"
+    both = (labels != 0) & (gold != 0)
+    return (labels.T[both.T] == gold.T[both.T]).astype(float).tolist()
+
 def judge_table(names: Sequence[str], labels: np.ndarray, gold: np.ndarray | None) -> list[dict]:
     "Per principle: pairs labelled (orders agree), pairs the gold orders, and the labels' accuracy on both (CI); 'all' pooled."
-    rows, pooled = [], []
+    rows = []
     for k, name in enumerate(names):
         row = {"principle": name, "pairs": int(len(labels)), "labelled": int((labels[:, k] != 0).sum())}
         if gold is not None:
-            both = (labels[:, k] != 0) & (gold[:, k] != 0)
-            ok = (labels[both, k] == gold[both, k]).astype(float).tolist(); pooled += ok
-            e = estimate(ok); row.update(gold_ordered=int((gold[:, k] != 0).sum()), n=e.n, accuracy=e.mean, ci95=list(e.ci95))
+            e = estimate(label_outcomes(labels[:, k:k + 1], gold[:, k:k + 1]))
+            row.update(gold_ordered=int((gold[:, k] != 0).sum()), n=e.n, accuracy=e.mean, ci95=list(e.ci95))
         rows.append(row)
     if gold is not None:
-        e = estimate(pooled)
+        e = estimate(label_outcomes(labels, gold))
         rows.append({"principle": "all", "pairs": int(labels.size), "labelled": int((labels != 0).sum()),
                      "gold_ordered": int((gold != 0).sum()), "n": e.n, "accuracy": e.mean, "ci95": list(e.ci95)})
     return rows
@@ -407,6 +411,7 @@ def rm_tests(cfg: SALMONBandConfig, rm, tokenizer, prompts: Sequence[BandPrompt]
         out["principles"][name] = {"n": ea.n, "accuracy": ea.mean, "ci95": list(ea.ci95), "flip": ef.mean, "flip_ci95": list(ef.ci95)}
     ea, ef = estimate(acc_all), estimate(flip_all)
     out["principled"] = {"n": ea.n, "accuracy": ea.mean, "ci95": list(ea.ci95), "flip": ef.mean, "flip_ci95": list(ef.ci95)}
+    out["flips"] = flip_all  # per (pair, principle): for the claim's interval (and seeds pooled)
     return out
 
 def forbidden(cfg: SALMONBandConfig, prompt: BandPrompt, text: str, no_eos: bool) -> dict:
@@ -432,7 +437,8 @@ def evaluate_salmon(cfg: SALMONBandConfig, trained: dict, tokenizer, prompts: Se
         scores = judge.score(prompts, texts)
         bad = [forbidden(cfg, p, t, g.finish_reasons[0] == "length") for p, t, g in zip(prompts, texts, gens)]
         steer = [W.judge(p.text, t).aspects[cfg.steer_principle] for p, t in zip(prompts, texts)] if isinstance(judge, W.OracleJudge) else None
-        per[name] = {"gold": scores, "forbidden": [float(any(b.values())) for b in bad], "steer": steer}
+        per[name] = {"gold": scores, "forbidden": [float(any(b.values())) for b in bad], "steer": steer,
+                     "win": win_outcomes(scores, per["SFT"]["gold"], judge.tie) if name != "SFT" else [0.5] * len(scores)}
         e = estimate(scores)
         row = {"policy": name, "gold": e.mean, "gold_ci95": list(e.ci95), **judge.rates(prompts, texts),
                **{k: float(np.mean([b[k] for b in bad])) for k in ("padding", "self_reference", "no_stop")},
@@ -447,20 +453,18 @@ def evaluate_salmon(cfg: SALMONBandConfig, trained: dict, tokenizer, prompts: Se
 
 def paired(a: Sequence[float], b: Sequence[float]) -> dict:
     "Mean of a − b over the same prompts, with the bootstrap interval of the per-prompt differences."
-    e = estimate([x - y for x, y in zip(a, b)])
-    return {"value": e.mean, "ci95": list(e.ci95), "n": e.n}
+    return {"value": float(np.mean(a) - np.mean(b)), "ci95": list(diff_ci(a, b)), "n": len(a)}
 
 # %% ../../nbs/bands/50_salmon.ipynb #2680ed36
 def salmon_claims(cfg: SALMONBandConfig, res: dict) -> list[dict]:
-    "The band's five claims from its results."
-    by = res["judge"]
-    jt = {r["principle"]: r for r in res["judge_table"]}
-    syn = jt.get("all")
-    rm = res["reward_models"][ppo_rm_name(cfg)]
-    flip = rm.get("principled")
-    pol = {r["policy"]: r for r in res["policies"]}
-    ppo = pol["SALMON-PPO"]
-    steer, guard = res["steering"], res["hacking_guard"]
+    """The band's five claims from the per-judgement, per-pair and per-prompt outcomes (`res["per_prompt"]`: pooled over
+    seeds they give the pooled claims)."""
+    by, pp = res["judge"], res["per_prompt"]
+    rate = lambda v: {"accuracy": (e := estimate(v)).mean, "flip": e.mean, "ci95": list(e.ci95), "flip_ci95": list(e.ci95)} if v else None
+    syn, flip, pol = rate(pp["label_outcomes"]), rate(pp["flips"]), pp["policies"]
+    ppo = {"win_vs_sft": (w := estimate(pol["SALMON-PPO"]["win"])).mean, "win_ci95": list(w.ci95)}
+    steer = paired(pol["SALMON-PPO + steer"]["steer"], pol["SALMON-PPO"]["steer"]) if pol["SFT"]["steer"] is not None else None
+    guard = paired(pol["PPO, no guard"]["forbidden"], pol["SALMON-PPO"]["forbidden"])
     no_aspects = "(not measured: the judge has no per-aspect judgement)"
     return [
         make_claim("salmon-synthetic-accuracy", f"the SFT model's principle-judged labels (both orders agreeing) agree with {by}'s judgement on that "
@@ -519,6 +523,7 @@ class SALMONBand:
         tgold = prefer_scores(judge.score(tkept, [a for a, _ in tpairs]), judge.score(tkept, [b for _, b in tpairs]), judge.tie)
         rl_prompts = train[:cfg.n_prompts]
         return {"principle_pairs": ppairs, "pmp_pairs": pmp, "rl_prompts": rl_prompts, "judge_table": table,
+                "label_outcomes": label_outcomes(labels, gold) if gold is not None else None,
                 "rm_test": (tkept, tpairs, aspect_gold(judge, tkept, tpairs, names), tgold),
                 "counts": {"pairs": counts, "aggregation": agg, "pmp": pmp_counts, "rm_test_pairs": tcounts,
                            "principle_pairs": len(ppairs), "pmp_pairs": len(pmp)}}
@@ -547,6 +552,10 @@ class SALMONBand:
         return train_ppo_row(cfg, row, tokenizer, out, cfg.policy, rl_reward(cfg, rm, tokenizer, row.options, cfg.seed + 101),
                              rm, cfg.ppo_rollout_prompts, cfg.ppo_epochs, cfg.ppo_mini_batches, kl_min=0.0, **shaping)
 
+    def restore_row(self, cfg, row, tokenizer, out, done):
+        "A row reused from an earlier run: its reward model comes back from its checkpoint (a later RM, PPO and the evaluation use it)."
+        if row.kind == "reward": self.rms[row.name] = load_reward_model(done.checkpoint, cfg.dtype)
+
     def evaluate(self, cfg: SALMONBandConfig, data: dict, trained: dict, tokenizer, progress=print) -> dict:
         judge = make_judge(cfg.judge)
         tkept, tpairs, taspects, tgold = data["rm_test"]
@@ -558,9 +567,11 @@ class SALMONBand:
         rows, per, samples = evaluate_salmon(cfg, trained, tokenizer, prompts, judge, progress)
         steer = paired(per["SALMON-PPO + steer"]["steer"], per["SALMON-PPO"]["steer"]) if per["SFT"]["steer"] is not None else None
         guard = paired(per["PPO, no guard"]["forbidden"], per["SALMON-PPO"]["forbidden"])
+        flips = {n: r.pop("flips", None) for n, r in rms.items()}
         curves = {n: [{k: r.get(k) for k in ("step", "score", "kl", "response_length", "no_eos")} for r in trained[n].log_history] for n in PPO_ROWS}
         return {"counts": data["counts"], "judge_table": data["judge_table"], "reward_models": rms, "policies": rows,
-                "steering": steer, "hacking_guard": guard, "ppo_curves": curves, "judge": judge.name, "samples": samples}
+                "steering": steer, "hacking_guard": guard, "ppo_curves": curves, "judge": judge.name, "samples": samples,
+                "per_prompt": {"label_outcomes": data["label_outcomes"], "flips": flips[ppo_rm_name(cfg)], "policies": per}}
 
     def claims(self, cfg, data, results): return salmon_claims(cfg, results)
 

@@ -24,9 +24,9 @@ __all__ = ['BASELINES', 'PROMPT_SETS', 'TARGET_MIX', 'SelfContrastConfig', 'sc_r
 
 # %% ../../nbs/bands/42_self_contrast.ipynb #6fe42c35
 import numpy as np
-from ..core.base import make_claim, seed_everything
+from ..core.base import bootstrap_ci, diff_ci, make_claim, seed_everything
 from ..data.records import CHAT_TEMPLATES, DataError, MultiNegativeGroup
-from ..eval.policy import evaluate_policies, win_outcomes
+from ..eval.policy import evaluate_policies
 from ..generate.base import HFGenerator, SamplingParams, generate_to_shards, read_shards
 from ..judges.base import BandPrompt
 from ..judges.embeddings import CachedEmbedder, MiniLMEmbedder, UAEEmbedder, select_negatives
@@ -274,46 +274,52 @@ def train_sc_row(cfg: SelfContrastConfig, row: Row, tokenizer, out: Path, traine
     return train_stage(cfg, "multineg", stage, row.data, out, tokenizer, cfg.policy, model=model, mode=cfg.train_mode)
 
 # %% ../../nbs/bands/42_self_contrast.ipynb #6104375b
-def evaluate_rows(cfg: SelfContrastConfig, trained: dict, tokenizer, test: Sequence[SCExample], judge, progress=print) -> tuple[list[dict], list[dict]]:
-    "One row per policy (the SFT model, then each trained row from its checkpoint): win rate against the targets, gold, KL; the samples."
+def evaluate_rows(cfg: SelfContrastConfig, trained: dict, tokenizer, test: Sequence[SCExample], judge, progress=print) -> tuple[list[dict], list[dict], dict]:
+    "One row per policy (the SFT model, then each trained row from its checkpoint): win rate against the targets, gold, KL; the samples; per prompt each policy's win outcome."
     prompts = [e.prompt for e in test]
     tgold = judge.score(prompts, [e.target for e in test])
     policies = {"SFT": lambda: load_policy(cfg.policy, cfg.dtype)[0], **{n: partial(load_checkpoint, cfg, t.checkpoint) for n, t in trained.items()}}
     ev = evaluate_policies(policies, tokenizer, prompts, judge, baseline=tgold, reference="SFT", temperature=cfg.temperature,
                            max_new_tokens=cfg.max_new_tokens, seed=cfg.seed + 7, batch_size=cfg.gen_batch_size, progress=progress)
-    rows, samples = [], []
+    rows, samples, per = [], [], {"win": {}}
     for name, e in ev.items():
         rows.append({"method": name, "win_vs_target": e.win.mean, "win_ci95": list(e.win.ci95), "gold": e.gold.mean,
                      "gold_ci95": list(e.gold.ci95), "kl": e.kl.mean, **e.rates, "n": len(e.texts)})
-        wins = win_outcomes(e.scores, tgold, judge.tie)
+        wins = per["win"][name] = e.wins
         samples += [{"method": name, "prompt": p.text, "kind": p.kind, "target": x.target, "response": t, "gold": float(s), "win": float(w)}
                     for p, x, t, s, w in zip(prompts, test, e.texts, e.scores, wins)]
-    return rows, samples
+    return rows, samples, per
 
 # %% ../../nbs/bands/42_self_contrast.ipynb #8d87765c
-def sc_claims(cfg: SelfContrastConfig, table: list[dict], judge: str = "the oracle") -> list[dict]:
-    "The band's claims from its table, keyed on the configured ks (the largest against the smallest)."
+def sc_claims(cfg: SelfContrastConfig, table: list[dict], judge: str = "the oracle", per: dict | None = None) -> list[dict]:
+    """The band's claims from its table, keyed on the configured ks (the largest against the smallest); differences of
+    win rates get paired intervals over the test prompts from `per["win"]` (every policy against the same targets)."""
     t = {r["method"]: r for r in table}
-    win = lambda m: t[m]["win_vs_target"] if m in t else None
+    def gap(a, b):  # win(a) − win(b) with its paired interval
+        x, y = np.asarray(per["win"][a]), np.asarray(per["win"][b])
+        return x.mean() - y.mean(), diff_ci(x, y)
+    win = lambda m: float(np.mean(per["win"][m])) if m in t else None
     by = judge
     sc = [r for r in table if r["method"] in {row_name(cfg.filter, k, cfg.filter) for k in cfg.ks}]
-    best = max(sc, key=lambda r: r["win_vs_target"]) if sc else None
+    best = max(sc, key=lambda r: win(r["method"])) if sc else None
     kmin, kmax, kA = min(cfg.ks), max(cfg.ks), cfg.ablation_k
     lo, hi = row_name(cfg.filter, kmin, cfg.filter), row_name(cfg.filter, kmax, cfg.filter)
     out = []
     if kmax > kmin and hi in t and lo in t:
+        value, ci = gap(hi, lo)
         out.append(make_claim("sc-more-negatives-help", f"win rate against the SFT target (by {by}) is higher with {kmax} negatives than with "
-                              f"{kmin}: value = win(k={kmax}) − win(k={kmin})", win(hi) - win(lo), 0.0))
+                              f"{kmin}: value = win(k={kmax}) − win(k={kmin}), paired over prompts", value, 0.0, ci95=ci))
     if best is not None and "DPO_std" in t:
         out.append(make_claim("sc-beats-dpo-std", f"the best k ({best['method']}) wins more often than DPO on the dataset's own pairs (by {by}): "
-                              "value = best − DPO_std", best["win_vs_target"] - win("DPO_std"), 0.0))
+                              "value = best − DPO_std, paired over prompts (the best k is picked on the same prompts)",
+                              *(g := gap(best["method"], "DPO_std"))[:1], 0.0, ci95=g[1]))
     if hi in t:
         out.append(make_claim("sc-beats-sft", f"with {kmax} negatives the policy's response beats the SFT target more than half the time (by {by})",
-                              win(hi), 0.5, ci95=t[hi]["win_ci95"]))
+                              win(hi), 0.5, ci95=bootstrap_ci(per["win"][hi])))
     a, b = row_name(cfg.filter, kA, cfg.filter), row_name("all", kA, cfg.filter)
     if cfg.filter == "lastdedup-75" and a in t and b in t:
         out.append(make_claim("sc-filter-helps", f"lastdedup-75 negatives win at least as often as unfiltered ones (k={kA}, by {by}): "
-                              "value = win(lastdedup-75) − win(all)", win(a) - win(b), 0.0, inclusive=True))
+                              "value = win(lastdedup-75) − win(all), paired over prompts", *(g := gap(a, b))[:1], 0.0, ci95=g[1], inclusive=True))
     return out
 
 # %% ../../nbs/bands/42_self_contrast.ipynb #c5166ef2
@@ -344,14 +350,14 @@ class SelfContrastBand:
 
     def evaluate(self, cfg: SelfContrastConfig, data: dict, trained: dict, tokenizer, progress=print) -> dict:
         judge = make_judge(cfg.judge)
-        table, samples = evaluate_rows(cfg, trained, tokenizer, sc_dataset(cfg, tokenizer, cfg.n_eval, "test"), judge, progress)
+        table, samples, per = evaluate_rows(cfg, trained, tokenizer, sc_dataset(cfg, tokenizer, cfg.n_eval, "test"), judge, progress)
         for r in table:
             r["k"] = len(data["groups"][r["method"]][0].rejected) if r["method"] in data["groups"] else 0
             r["train_seconds"] = round(trained[r["method"]].seconds, 1) if r["method"] in trained else 0.0
         return {"counts": data["counts"], "diversity": data["diversity"], "table": table, "judge": judge.name,
-                "curves": {n: t.losses() for n, t in trained.items()}, "samples": samples}
+                "curves": {n: t.losses() for n, t in trained.items()}, "samples": samples, "per_prompt": per}
 
-    def claims(self, cfg, data, results): return sc_claims(cfg, results["table"], results["judge"])
+    def claims(self, cfg, data, results): return sc_claims(cfg, results["table"], results["judge"], results["per_prompt"])
 
 # %% ../../nbs/bands/42_self_contrast.ipynb #ac737c75
 def sc_tables(cfg: SelfContrastConfig, res: dict) -> dict:

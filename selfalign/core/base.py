@@ -12,8 +12,9 @@ from pathlib import Path
 from typing import Any, Literal, Union, get_args, get_origin, get_type_hints
 
 # %% auto #0
-__all__ = ['SCALES', 'seed_everything', 'atomic_write_text', 'atomic_write_json', 'git_state', 'device_info', 'env_info',
-           'make_claim', 'bootstrap_ci', 'MetricsError', 'validate_metrics', 'RunDir', 'ConfigError', 'StageConfig',
+__all__ = ['VERDICTS', 'SCALES', 'seed_everything', 'current_umask', 'atomic_write_text', 'atomic_write_json', 'git_state',
+           'device_info', 'env_info', 'verdict', 'make_claim', 'bootstrap_ci', 'paired_bootstrap_ci', 'diff_ci',
+           'concat_outcomes', 'seed_rows', 'MetricsError', 'validate_metrics', 'RunDir', 'ConfigError', 'StageConfig',
            'stage_main']
 
 # %% ../../nbs/core/00_base.ipynb #0b77d04c
@@ -34,6 +35,11 @@ def seed_everything(seed: int,  # the run's one seed
     return seed
 
 # %% ../../nbs/core/00_base.ipynb #8e8d74be
+def current_umask() -> int:
+    "The process's file-creation mask (read without changing it for longer than a call)."
+    mask = os.umask(0o022); os.umask(mask)
+    return mask
+
 def atomic_write_text(path: str | Path,  # destination file
                       text: str,  # content
                      ) -> Path:
@@ -42,6 +48,7 @@ def atomic_write_text(path: str | Path,  # destination file
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
+        os.fchmod(fd, 0o666 & ~current_umask())  # mkstemp makes 0600: give the file the mode `open` would
         with os.fdopen(fd, "w", encoding="utf-8") as f:
             f.write(text); f.flush(); os.fsync(f.fileno())
         os.replace(tmp, path)
@@ -105,21 +112,35 @@ def env_info(repo: str | Path | None = None) -> dict:
             "hf_hub_offline": os.environ.get("HF_HUB_OFFLINE")}
 
 # %% ../../nbs/core/00_base.ipynb #0e3d078d
+VERDICTS = ("holds", "fails", "inconclusive")
+
+def verdict(value: float | None,  # the measured value
+            ci95: typing.Sequence[float] | None,  # its 95% interval
+            threshold: float,  # what the claim compares against
+            higher: bool = True,  # the claim says "above" (else "below")
+            inclusive: bool = False,  # the claim says "at least" (≥) rather than "more than" (>)
+           ) -> str:
+    "`holds` when the whole interval is on the claim's side of the threshold, `fails` when the whole interval is on the other side, else `inconclusive`."
+    if value is None or ci95 is None or not all(math.isfinite(float(x)) for x in ci95): return "inconclusive"
+    lo, hi = sorted(float(x) for x in ci95)
+    if not higher: lo, hi, threshold = -hi, -lo, -threshold
+    on_side = (lambda x: x >= threshold) if inclusive else (lambda x: x > threshold)
+    return "holds" if on_side(lo) else "fails" if not on_side(hi) else "inconclusive"
+
 def make_claim(id: str,  # stable id, e.g. "dlma-beats-sft"
                statement: str,  # the claim in words, for this scale
                value: float | None,  # the measured value (None when it could not be measured)
                threshold: float,  # the value must exceed (or, if `higher=False`, stay below) this
-               ci95: tuple[float, float] | None = None,  # 95% confidence interval of `value`, where it is a rate
+               ci95: tuple[float, float] | None = None,  # 95% confidence interval of `value` (without one, no verdict can be reached)
                higher: bool = True,  # is larger better?
                inclusive: bool = False,  # count equality as holding (claims written "≥")
               ) -> dict:
-    "A claim record for `metrics.json`, with `holds` computed honestly from `value` and `threshold`."
-    if value is None or (isinstance(value, float) and not math.isfinite(value)): holds = False; value = None
-    elif higher: holds = value >= threshold if inclusive else value > threshold
-    else: holds = value <= threshold if inclusive else value < threshold
+    "A claim record for `metrics.json`: its `verdict` from the 95% interval against `threshold`; `holds` is true only for holds."
+    if value is None or (isinstance(value, float) and not math.isfinite(value)): value = None
+    v = verdict(value, ci95, threshold, higher, inclusive)
     return {"id": id, "statement": statement, "value": None if value is None else float(value),
             "ci95": None if ci95 is None else [float(ci95[0]), float(ci95[1])],
-            "threshold": float(threshold), "holds": bool(holds)}
+            "threshold": float(threshold), "higher": bool(higher), "inclusive": bool(inclusive), "verdict": v, "holds": v == "holds"}
 
 # %% ../../nbs/core/00_base.ipynb #3b37ff2b
 def bootstrap_ci(values,  # per-example outcomes (e.g. 1 win, 0.5 tie, 0 loss)
@@ -129,12 +150,66 @@ def bootstrap_ci(values,  # per-example outcomes (e.g. 1 win, 0.5 tie, 0 loss)
                  seed: int = 0,  # resampling seed
                 ) -> tuple[float, float]:
     "Percentile-bootstrap confidence interval of `stat(values)`."
-    v = np.asarray(values, dtype=float)
-    if v.size == 0: return (float("nan"), float("nan"))
-    idx = np.random.default_rng(seed).integers(0, v.size, size=(n_boot, v.size))
-    stats = np.array([stat(v[i]) for i in idx])
-    a = (1 - level) / 2
+    return paired_bootstrap_ci(stat, values, n_boot=n_boot, level=level, seed=seed)
+
+def _quantiles(stats, level: float) -> tuple[float, float]:
+    stats, a = np.asarray(stats, float), (1 - level) / 2
+    if not np.isfinite(stats).all(): return (float("nan"), float("nan"))
     return float(np.quantile(stats, a)), float(np.quantile(stats, 1 - a))
+
+def paired_bootstrap_ci(stat: typing.Callable,  # statistic of the resampled arrays, e.g. `lambda a, b: a.mean() - b.mean()`
+                        *arrays,  # per-prompt arrays, the same length (rows may be vectors, e.g. N samples per prompt)
+                        n_boot: int = 2000,  # bootstrap resamples
+                        level: float = 0.95,  # confidence level
+                        seed: int = 0,  # resampling seed
+                       ) -> tuple[float, float]:
+    "Percentile-bootstrap interval of `stat(*arrays)`, every array resampled at the same rows (paired over prompts)."
+    arrs = [np.asarray(a, dtype=float) for a in arrays]
+    n = len(arrs[0]) if arrs else 0
+    if any(len(a) != n for a in arrs): raise ValueError(f"paired arrays differ in length: {[len(a) for a in arrs]}")
+    if n == 0: return (float("nan"), float("nan"))
+    idx = np.random.default_rng(seed).integers(0, n, size=(n_boot, n))
+    return _quantiles([stat(*(a[i] for a in arrs)) for i in idx], level)
+
+def diff_ci(a,  # per-prompt values of the first policy
+            b,  # of the second (the same prompts, in the same order, when `paired`)
+            paired: bool = True,  # resample prompts jointly (else each sample on its own)
+            n_boot: int = 2000, level: float = 0.95, seed: int = 0,
+           ) -> tuple[float, float]:
+    "95% bootstrap interval of mean(a) − mean(b)."
+    if paired: return paired_bootstrap_ci(lambda x, y: x.mean() - y.mean(), a, b, n_boot=n_boot, level=level, seed=seed)
+    a, b = np.asarray(a, float), np.asarray(b, float)
+    if not a.size or not b.size: return (float("nan"), float("nan"))
+    rng = np.random.default_rng(seed)
+    ma = a[rng.integers(0, a.size, size=(n_boot, a.size))].mean(1)
+    mb = b[rng.integers(0, b.size, size=(n_boot, b.size))].mean(1)
+    return _quantiles(ma - mb, level)
+
+# %% ../../nbs/core/00_base.ipynb #2ed692b2
+def concat_outcomes(parts: typing.Sequence) -> typing.Any:
+    "Per-seed nested dicts of per-prompt lists → one nested dict whose lists run over the seeds' prompts, seed after seed."
+    first = parts[0]
+    if isinstance(first, dict):
+        for p in parts[1:]:
+            if not isinstance(p, dict) or set(p) != set(first): raise ValueError(f"outcomes differ in their keys: {sorted(first)} vs {sorted(p) if isinstance(p, dict) else p!r}")
+        return {k: concat_outcomes([p[k] for p in parts]) for k in first}
+    if isinstance(first, list): return [x for p in parts for x in p]
+    if all(p is None for p in parts): return None
+    raise ValueError(f"outcomes must be lists (per prompt) in nested dicts, got {type(first).__name__}")
+
+def seed_rows(per_seed: dict,  # seed → that seed's claims
+              pooled: list[dict],  # the claims over every seed's outcomes
+             ) -> list[dict]:
+    "One row per claim: each seed's value, then the pooled value, its interval and verdict."
+    rows = []
+    for c in pooled:
+        row = {"claim": c["id"]}
+        for s, claims in per_seed.items():
+            v = next((x["value"] for x in claims if x["id"] == c["id"]), None)
+            row[f"seed {s}"] = None if v is None else round(v, 4)
+        rows.append({**row, "pooled": None if c["value"] is None else round(c["value"], 4),
+                     "ci95": None if c["ci95"] is None else [round(x, 4) for x in c["ci95"]], "verdict": c["verdict"]})
+    return rows
 
 # %% ../../nbs/core/00_base.ipynb #458f138b
 class MetricsError(ValueError):
@@ -142,7 +217,7 @@ class MetricsError(ValueError):
 
 _METRICS_FIELDS = {"paper": str, "scale": str, "config": str, "seed": int, "tables": dict, "claims": list}
 _CLAIM_FIELDS = {"id": str, "statement": str, "value": (int, float, type(None)), "ci95": (list, type(None)),
-                 "threshold": (int, float), "holds": bool}
+                 "threshold": (int, float), "verdict": str, "holds": bool}
 SCALES = ("tiny", "small", "paper")
 
 def validate_metrics(m: dict, where: str = "metrics") -> dict:
@@ -167,6 +242,8 @@ def validate_metrics(m: dict, where: str = "metrics") -> dict:
             if not isinstance(c[k], t) or (k != "holds" and isinstance(c[k], bool)):
                 raise MetricsError(f"{at}: field '{k}' has the wrong type ({type(c[k]).__name__})")
         if c["ci95"] is not None and len(c["ci95"]) != 2: raise MetricsError(f"{at}: field 'ci95' needs two numbers")
+        if c["verdict"] not in VERDICTS: raise MetricsError(f"{at}: field 'verdict' must be one of {VERDICTS}, got {c['verdict']!r}")
+        if c["holds"] != (c["verdict"] == "holds"): raise MetricsError(f"{at}: 'holds' must be true exactly when the verdict is holds")
         if c["id"] in seen: raise MetricsError(f"{at}: duplicate claim id {c['id']!r}")
         seen.add(c["id"])
     return m
@@ -250,6 +327,7 @@ def _coerce(value, tp, where: str):
     return value
 
 def _from_dict(cls, d: dict, where: str):
+    if not isinstance(d, dict): raise ConfigError(f"{where}: expected an object of {cls.__name__}'s fields, got {type(d).__name__}")
     hints, names = get_type_hints(cls), {f.name for f in fields(cls) if f.init}
     unknown = set(d) - names
     if unknown: raise ConfigError(f"{where}: unknown field(s) {sorted(unknown)} for {cls.__name__}; known: {sorted(names)}")
@@ -269,6 +347,8 @@ class StageConfig:
         path = Path(path)
         try: d = json.loads(path.read_text(encoding="utf-8"))
         except json.JSONDecodeError as e: raise ConfigError(f"{path}:{e.lineno}: not valid JSON ({e.msg})") from None
+        except UnicodeDecodeError as e: raise ConfigError(f"{path}: not UTF-8 text (byte {e.start})") from None
+        except IsADirectoryError: raise ConfigError(f"{path}: is a folder, not a JSON file") from None
         return cls.from_dict(d, where=str(path))
 
 # %% ../../nbs/core/00_base.ipynb #02d94c9e
@@ -285,5 +365,11 @@ def stage_main(config_cls: type,  # the stage's `StageConfig` subclass
     try: cfg = config_cls.from_json(a.config)
     except (ConfigError, FileNotFoundError) as e: ap.exit(2, f"error: {e}\n")
     rd = RunDir(a.out)
-    rd.write_config(cfg); rd.write_env()
-    return run(cfg, rd)
+    try: old = json.loads((rd / "config.json").read_text(encoding="utf-8")) != json.loads(json.dumps(cfg.to_dict()))
+    except FileNotFoundError: old = False
+    except (ValueError, OSError): old = True  # unreadable: kept for whoever looks, until this run succeeds
+    if not old: rd.write_config(cfg)  # a different config already there describes what is on disk: replaced only on success
+    rd.write_env()
+    result = run(cfg, rd)
+    if old: rd.write_config(cfg)
+    return result

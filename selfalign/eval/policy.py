@@ -7,12 +7,12 @@ Docs: https://selfalign.github.io/selfalign/eval/policy.html.md"""
 # %% ../../nbs/eval/11_policy.ipynb #cfbba125
 from __future__ import annotations
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Sequence
 
 # %% auto #0
-__all__ = ['sample_policy', 'sample_logps', 'Estimate', 'estimate', 'kl_on_samples', 'win_outcomes', 'PolicyEval',
-           'evaluate_policies', 'bon_kl', 'best_of_n', 'interp_frontier']
+__all__ = ['sample_policy', 'sample_logps', 'Estimate', 'estimate', 'kl_per_prompt', 'kl_on_samples', 'win_outcomes',
+           'PolicyEval', 'evaluate_policies', 'bon_kl', 'best_of_n', 'bon_picks', 'interp_frontier']
 
 # %% ../../nbs/eval/11_policy.ipynb #a9b0f9da
 import numpy as np
@@ -75,10 +75,14 @@ def estimate(values, seed: int = 0) -> Estimate:
     v = [float(x) for x in values]
     return Estimate(float(np.mean(v)) if v else float("nan"), bootstrap_ci(v, seed=seed), len(v))
 
-def kl_on_samples(policy, ref, tokenizer, generations: Sequence[Generation], batch_size: int = 64) -> Estimate:
-    "KL(π‖π_ref) estimated on samples drawn from `policy`."
+def kl_per_prompt(policy, ref, tokenizer, generations: Sequence[Generation], batch_size: int = 64) -> list[float]:
+    "Per prompt, the mean over its samples (drawn from `policy`) of log π − log π_ref: each prompt's share of KL(π‖π_ref)."
     lp, lr = sample_logps(policy, tokenizer, generations, batch_size), sample_logps(ref, tokenizer, generations, batch_size)
-    return estimate([a - b for xs, ys in zip(lp, lr) for a, b in zip(xs, ys)])
+    return [float(np.mean([a - b for a, b in zip(xs, ys)])) for xs, ys in zip(lp, lr)]
+
+def kl_on_samples(policy, ref, tokenizer, generations: Sequence[Generation], batch_size: int = 64) -> Estimate:
+    "KL(π‖π_ref) estimated on samples drawn from `policy` (the interval resamples prompts)."
+    return estimate(kl_per_prompt(policy, ref, tokenizer, generations, batch_size))
 
 # %% ../../nbs/eval/11_policy.ipynb #0b6dcf96
 def win_outcomes(scores: Sequence[float],  # the judge's score of the policy's response, per prompt
@@ -101,6 +105,8 @@ class PolicyEval:
     win: Estimate  # win rate against the baseline with its CI
     kl: Estimate  # KL(π‖π_ref) on the samples (0 for the reference itself)
     rates: dict  # the judge's per-aspect rates
+    wins: list[float] = field(default_factory=list)  # per prompt: 1 win, ½ tie, 0 loss against the baseline
+    kls: list[float] = field(default_factory=list)  # per prompt: its samples' log π − log π_ref (0s for the reference)
 
 def evaluate_policies(policies: dict,  # row name → a function that loads that policy (e.g. from its checkpoint)
                       tokenizer,  # the tokenizer every policy shares
@@ -129,10 +135,10 @@ def evaluate_policies(policies: dict,  # row name → a function that loads that
         texts = [g.texts[0].strip() for g in gens]
         scores = judge.score(prompts, texts)
         if name == baseline: base_scores = scores
-        kl = (Estimate(0.0, (0.0, 0.0), len(texts)) if reference is None or name == reference
-              else kl_on_samples(model, ref_model, tokenizer, gens))
-        out[name] = PolicyEval(name, gens, texts, scores, estimate(scores), estimate(win_outcomes(scores, base_scores, judge.tie)),
-                               kl, judge.rates(prompts, texts))
+        kls = ([0.0] * len(texts) if reference is None or name == reference else kl_per_prompt(model, ref_model, tokenizer, gens))
+        wins = win_outcomes(scores, base_scores, judge.tie)
+        out[name] = PolicyEval(name, gens, texts, scores, estimate(scores), estimate(wins), estimate(kls),
+                               judge.rates(prompts, texts), wins, kls)
         if model is not ref_model: del model
     return {k: out[k] for k in policies}
 
@@ -146,15 +152,19 @@ def best_of_n(rm_scores: np.ndarray,  # (P, N_max) reward-model scores of N_max 
               ns: Sequence[int] = (1, 2, 4, 8, 16),  # N values (each ≤ N_max): the first N samples are the candidates
              ) -> list[dict]:
     "Per N: gold reward of the RM's pick (mean, CI), and the BoN KL."
+    picks = bon_picks(rm_scores, gold, ns)
+    return [{"n": n, "kl": bon_kl(n), "gold": (e := estimate(picks[:, j])).mean, "gold_ci95": list(e.ci95)} for j, n in enumerate(ns)]
+
+def bon_picks(rm_scores: np.ndarray,  # (P, N_max) reward-model scores of N_max samples per prompt
+              gold: np.ndarray,  # (P, N_max) gold rewards of the same samples
+              ns: Sequence[int],  # N values (each ≤ N_max)
+             ) -> np.ndarray:
+    "(P, len(ns)): per prompt, the gold reward of the RM's pick among the first N samples (for paired intervals)."
     rm_scores, gold = np.asarray(rm_scores, float), np.asarray(gold, float)
     if rm_scores.shape != gold.shape: raise ValueError(f"shapes differ: {rm_scores.shape} vs {gold.shape}")
-    out = []
     for n in ns:
         if n > rm_scores.shape[1]: raise ValueError(f"N={n} exceeds the {rm_scores.shape[1]} samples per prompt")
-        pick = rm_scores[:, :n].argmax(1)
-        e = estimate(gold[np.arange(len(gold)), pick])
-        out.append({"n": n, "kl": bon_kl(n), "gold": e.mean, "gold_ci95": list(e.ci95)})
-    return out
+    return np.stack([gold[np.arange(len(gold)), rm_scores[:, :n].argmax(1)] for n in ns], 1) if len(ns) else np.zeros((len(gold), 0))
 
 # %% ../../nbs/eval/11_policy.ipynb #120c0038
 def interp_frontier(points: Sequence[dict],  # dicts with "kl" and "gold", e.g. from `best_of_n`

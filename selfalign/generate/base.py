@@ -16,9 +16,10 @@ from typing import Callable, Literal, Protocol, Sequence, runtime_checkable
 # %% auto #0
 __all__ = ['SMALL_COPY_PARAMS', 'BACKENDS', 'SamplingParams', 'Generation', 'Generator', 'prompt_seed', 'finish_sample',
            'cpu_has_native_bf16', 'sampling_dtype', 'generation_dtype', 'tokenizer_fingerprint', 'HFGenerator',
-           'encode_prompts', 'render_prompts', 'template_params', 'ShardMismatchError', 'shard_manifest',
-           'generate_to_shards', 'read_shards', 'default_cache_dir', 'cache_key', 'CachedGenerator', 'GenerateConfig',
-           'load_prompts', 'hf_backend', 'backend_factory', 'make_generator', 'run_generate']
+           'encode_prompts', 'render_prompts', 'template_params', 'ShardMismatchError', 'ShardError', 'shard_manifest',
+           'read_manifest', 'read_shard', 'generate_to_shards', 'read_shards', 'default_cache_dir', 'cache_key',
+           'CachedGenerator', 'GenerateConfig', 'load_prompts', 'hf_backend', 'backend_factory', 'make_generator',
+           'run_generate', 'generate_main']
 
 # %% ../../nbs/generate/05_base.ipynb #e2d56482
 import numpy as np
@@ -26,8 +27,8 @@ import torch
 from tqdm import tqdm
 from transformers import (GenerationConfig, LogitsProcessor, LogitsProcessorList, StoppingCriteria, StoppingCriteriaList,
                           StopStringCriteria, TemperatureLogitsWarper, TopKLogitsWarper, TopPLogitsWarper)
-from ..core.base import RunDir, StageConfig, atomic_write_json, atomic_write_text, stage_main
-from ..models.loader import cache_root, load_model, model_fingerprint, resolve_dtype
+from ..core.base import ConfigError, RunDir, StageConfig, atomic_write_json, atomic_write_text, stage_main
+from ..models.loader import ModelFilesError, cache_root, load_model, model_fingerprint, resolve_dtype
 
 # %% ../../nbs/generate/05_base.ipynb #542eedca
 @dataclass(frozen=True)
@@ -278,7 +279,7 @@ def _hf_rows(g: HFGenerator, prompts: list[str], enc: list[list[int]], samples: 
     return [finish_sample(new[r], lps[r], g.tokenizer, eos, params.stop, stops.at[r] if stops else None) for r in range(len(enc))]
 
 # %% ../../nbs/generate/05_base.ipynb #e8780ece
-from ..data.records import CHAT_TEMPLATES, render_prompt
+from ..data.records import CHAT_TEMPLATES, DataError, render_prompt
 
 # %% ../../nbs/generate/05_base.ipynb #5b9f9896
 def render_prompts(user_texts: Sequence[str],  # the user messages
@@ -298,6 +299,9 @@ def template_params(params: SamplingParams,  # the sampling parameters
 class ShardMismatchError(ValueError):
     "A shard folder written by a different generation run."
 
+class ShardError(ValueError):
+    "A damaged shard folder: a truncated manifest, or a shard with missing, unreadable or foreign lines."
+
 def _prompts_hash(prompts: Sequence[str]) -> str:
     h = hashlib.sha256()
     for p in prompts: h.update(hashlib.sha256(p.encode("utf-8")).digest())
@@ -316,11 +320,48 @@ def shard_manifest(generator: Generator,  # the backend
 def _shard_path(out_dir: Path, i: int) -> Path: return out_dir / f"shard-{i:05d}.jsonl"
 
 # %% ../../nbs/generate/05_base.ipynb #1d8d0a6f
+_MANIFEST_KEYS = ("format", "params", "n_prompts", "shard_size", "n_shards", "prompts_sha256")
+
+def read_manifest(out_dir: str | Path,  # a shard folder
+                 ) -> dict | None:
+    "The folder's `manifest.json` (None if it has none); `ShardError` naming it when it is truncated or not a manifest."
+    path = Path(out_dir) / "manifest.json"
+    if not path.exists(): return None
+    try: m = json.loads(path.read_text(encoding="utf-8"))
+    except ValueError as e:  # JSONDecodeError, UnicodeDecodeError
+        raise ShardError(f"{path}: truncated or not JSON ({e}); delete the shard folder to start over") from None
+    missing = [k for k in _MANIFEST_KEYS if not isinstance(m, dict) or k not in m]
+    if missing: raise ShardError(f"{path}: not a shard manifest (no {', '.join(missing)}); delete the shard folder to start over")
+    return m
+
+def read_shard(path: Path,  # a shard file
+               count: int,  # how many prompts it holds
+               n: int,  # samples per prompt
+               prompts: Sequence[str] | None = None,  # its prompts, in order (None: not compared)
+               first: int = 0,  # the run's index of its first prompt (for messages)
+              ) -> list[Generation]:
+    "One shard's `Generation`s, checked line by line; `ShardError` names the file and line at fault."
+    try: lines = path.read_text(encoding="utf-8").split("\n")
+    except UnicodeDecodeError as e: raise ShardError(f"{path}: not UTF-8 text (byte {e.start})") from None
+    if lines[-1] == "": lines.pop()  # after the last newline
+    out = []
+    for i, line in enumerate(lines, 1):
+        try:
+            g = Generation.from_dict(json.loads(line))
+            k = {len(g.texts), len(g.token_ids), len(g.finish_reasons)}
+        except (ValueError, TypeError) as e: raise ShardError(f"{path}:{i}: not a generation record ({e})") from None
+        if k != {n}: raise ShardError(f"{path}:{i}: {sorted(k)} samples where the run draws n={n}")
+        if prompts is not None and (i > len(prompts) or g.prompt != prompts[i - 1]):
+            raise ShardError(f"{path}:{i}: not the generation of the run's prompt {first + i - 1}")
+        out.append(g)
+    if len(out) != count: raise ShardError(f"{path}: {len(out)} lines where its slice has {count} prompts (truncated?)")
+    return out
+
 def _check_manifest(out_dir: Path, manifest: dict):
     "Write `manifest.json`, or check that the one there describes the same run."
     path, manifest = out_dir / "manifest.json", json.loads(json.dumps(manifest))
-    if not path.exists(): return atomic_write_json(path, manifest)
-    old = json.loads(path.read_text(encoding="utf-8"))
+    old = read_manifest(out_dir)
+    if old is None: return atomic_write_json(path, manifest)
     diff = [k for k in sorted(set(old) | set(manifest)) if old.get(k) != manifest.get(k)]
     if diff:
         raise ShardMismatchError(f"{path} describes a different run (differs in: {', '.join(diff)}); "
@@ -334,36 +375,49 @@ def generate_to_shards(generator: Generator,  # any backend
                        shard_size: int = 64,  # prompts per shard
                        progress: bool | None = None,  # a progress bar on stderr (None: only when stderr is a terminal)
                       ) -> Path:
-    "Generate for `prompts` into `out_dir/shard-*.jsonl`, skipping finished shards; return `out_dir`."
+    "Generate for `prompts` into `out_dir/shard-*.jsonl`, skipping finished shards (checked, not just found); return `out_dir`."
     prompts, out_dir = list(prompts), Path(out_dir)
     if shard_size < 1: raise ValueError(f"shard_size must be at least 1, got {shard_size}")
     out_dir.mkdir(parents=True, exist_ok=True)
     _check_manifest(out_dir, shard_manifest(generator, prompts, params, shard_size))
     for tmp in out_dir.glob(".shard-*.tmp"): tmp.unlink(missing_ok=True)  # left by a killed run
-    todo = [i for i in range(math.ceil(len(prompts) / shard_size)) if not _shard_path(out_dir, i).exists()]
-    left = sum(len(prompts[i * shard_size:(i + 1) * shard_size]) for i in todo)
+    chunk = lambda i: prompts[i * shard_size:(i + 1) * shard_size]
+    todo = [i for i in range(math.ceil(len(prompts) / shard_size))
+            if not _shard_done(_shard_path(out_dir, i), chunk(i), params.n, i * shard_size)]
+    left = sum(len(chunk(i)) for i in todo)
     show = sys.stderr.isatty() if progress is None else progress
     with tqdm(total=len(prompts), initial=len(prompts) - left, disable=not show, unit="prompt", desc="generate") as bar:
         for i in todo:
-            chunk = prompts[i * shard_size:(i + 1) * shard_size]
-            gens = generator.generate(chunk, params)
-            if [g.prompt for g in gens] != chunk: raise RuntimeError(f"{generator.name}: generations do not match the prompts")
+            gens = generator.generate(chunk(i), params)
+            if [g.prompt for g in gens] != chunk(i): raise RuntimeError(f"{generator.name}: generations do not match the prompts")
             atomic_write_text(_shard_path(out_dir, i), "".join(g.to_json() + "\n" for g in gens))
-            bar.update(len(chunk))
+            bar.update(len(chunk(i)))
     return out_dir
+
+def _shard_done(path: Path, prompts: list[str], n: int, first: int) -> bool:
+    "Is `path` a complete shard of `prompts`? A damaged one is named on stderr (and will be generated again)."
+    if not path.exists(): return False
+    try: read_shard(path, len(prompts), n, prompts, first); return True
+    except ShardError as e:
+        print(f"generate: generating {path.name} again, it is damaged: {e}", file=sys.stderr, flush=True)
+        return False
 
 # %% ../../nbs/generate/05_base.ipynb #99878b9c
 def read_shards(out_dir: str | Path) -> list[Generation]:
-    "All `Generation`s of a finished shard folder, in prompt order."
+    "All `Generation`s of a finished shard folder, in prompt order; `ShardError` names a damaged file (and line)."
     out_dir = Path(out_dir)
-    m = json.loads((out_dir / "manifest.json").read_text(encoding="utf-8"))
+    m = read_manifest(out_dir)
+    if m is None: raise FileNotFoundError(f"{out_dir}: no manifest.json, not a shard folder (or its run has not started)")
     missing = [i for i in range(m["n_shards"]) if not _shard_path(out_dir, i).exists()]
     if missing:
         raise FileNotFoundError(f"{out_dir}: {len(missing)} of {m['n_shards']} shards missing (first: "
                                 f"{_shard_path(out_dir, missing[0]).name}); run generate_to_shards again to finish")
-    gens = [Generation.from_dict(json.loads(line)) for i in range(m["n_shards"])
-            for line in _shard_path(out_dir, i).read_text(encoding="utf-8").splitlines() if line]
-    if len(gens) != m["n_prompts"]: raise ValueError(f"{out_dir}: {len(gens)} generations for {m['n_prompts']} prompts")
+    size, total = m["shard_size"], m["n_prompts"]
+    gens = [g for i in range(m["n_shards"])
+            for g in read_shard(_shard_path(out_dir, i), min(size, total - i * size), m["params"]["n"], first=i * size)]
+    if _prompts_hash([g.prompt for g in gens]) != m["prompts_sha256"]:
+        raise ShardError(f"{out_dir}: the shards' prompts are not the ones {out_dir / 'manifest.json'} records "
+                         "(a shard copied from another run?); delete the folder to start over")
     return gens
 
 # %% ../../nbs/generate/05_base.ipynb #da0ad542
@@ -422,17 +476,25 @@ class GenerateConfig(StageConfig):
     cache: bool = False  # answer repeated requests from the generation cache (`default_cache_dir()`)
 
 # %% ../../nbs/generate/05_base.ipynb #17633cf9
-def load_prompts(path: str | Path,  # JSONL file
+def load_prompts(path: str | Path,  # JSONL file (UTF-8, a byte-order mark allowed)
                  field: str = "prompt",  # the field holding each prompt
                 ) -> list[str]:
-    "The `field` of every line of a JSONL file."
+    "The `field` of every line of a JSONL file; `DataError` names the file and line of a bad row or an empty prompt."
+    path = Path(path)
+    try: text = path.read_text(encoding="utf-8-sig")
+    except FileNotFoundError: raise DataError(f"{path}: no such prompts file") from None
+    except IsADirectoryError: raise DataError(f"{path}: a folder, not a JSONL file of prompts") from None
+    except UnicodeDecodeError as e: raise DataError(f"{path}: not UTF-8 text (byte {e.start})") from None
     out = []
-    for i, line in enumerate(Path(path).read_text(encoding="utf-8").splitlines(), 1):
+    for i, line in enumerate(text.split("\n"), 1):  # only newlines end a line (`splitlines` also splits at U+2028, …)
         if not line.strip(): continue
-        row = json.loads(line)
+        try: row = json.loads(line)
+        except json.JSONDecodeError as e: raise DataError(f"{path}:{i}: not valid JSON ({e.msg}, column {e.colno})") from None
         if not isinstance(row, dict) or not isinstance(row.get(field), str):
-            raise ValueError(f"{path}:{i}: expected an object with a string field '{field}'")
+            raise DataError(f"{path}:{i}: expected an object with a string field '{field}'")
+        if not row[field].strip(): raise DataError(f"{path}:{i}: the prompt (field '{field}') is empty")
         out.append(row[field])
+    if not out: raise DataError(f"{path}: no prompts in it")
     return out
 
 # %% ../../nbs/generate/05_base.ipynb #085d6f1b
@@ -471,10 +533,13 @@ def run_generate(cfg: GenerateConfig,  # the stage config
                 ) -> Path:
     "Sample completions for every prompt of `cfg.prompts` into shards in the run folder; return the shard folder."
     rd = run_dir if isinstance(run_dir, RunDir) else RunDir(run_dir)
+    for k in ("model", "prompts"):
+        if not getattr(cfg, k): raise ConfigError(f"GenerateConfig: field '{k}' is empty")
     prompts, params = load_prompts(cfg.prompts), cfg.sampling
     if cfg.chat_template is not None:
         prompts, params = render_prompts(prompts, cfg.chat_template, cfg.system), template_params(params, cfg.chat_template)
     out = Path(cfg.out_dir) if Path(cfg.out_dir).is_absolute() else rd / cfg.out_dir
+    read_manifest(out)  # a damaged folder fails here, before the model is loaded
     t0, g = time.perf_counter(), make_generator(cfg)
     try: generate_to_shards(g, prompts, out, params, shard_size=cfg.shard_size)
     finally: g.close()
@@ -486,5 +551,13 @@ def run_generate(cfg: GenerateConfig,  # the stage config
     return out
 
 # %% ../../nbs/generate/05_base.ipynb #084cb5e6
+def generate_main(argv: list[str] | None = None,  # command-line arguments (default: `sys.argv[1:]`)
+                 ):
+    "`python -m selfalign.generate.base --config cfg.json --out DIR`; a bad input ends it with its error and exit code 2."
+    try: return stage_main(GenerateConfig, run_generate, argv)
+    except (ConfigError, DataError, ModelFilesError, ShardError, ShardMismatchError) as e:
+        print(f"error: {e}", file=sys.stderr, flush=True)
+        raise SystemExit(2) from None
+
 if __name__ == "__main__" and "__file__" in globals():  # `python -m selfalign.generate.base`, not a notebook kernel
-    stage_main(GenerateConfig, run_generate)
+    generate_main()

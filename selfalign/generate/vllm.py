@@ -6,7 +6,7 @@ Docs: https://selfalign.github.io/selfalign/generate/vllm.html.md"""
 
 # %% ../../nbs/generate/13_vllm.ipynb #e462a145
 from __future__ import annotations
-import concurrent.futures as cf, ctypes, hashlib, importlib.util, json, os, shutil, signal, socket, subprocess, sys, tempfile, time, uuid, weakref
+import concurrent.futures as cf, ctypes, hashlib, importlib.util, json, os, secrets, shutil, signal, socket, subprocess, sys, tempfile, time, uuid, weakref
 import urllib.error, urllib.request
 from pathlib import Path
 from typing import Sequence
@@ -22,7 +22,7 @@ import torch
 from transformers import AutoConfig, AutoTokenizer, GenerationConfig
 from .base import (GenerateConfig, Generation, SamplingParams, encode_prompts, finish_sample,
                                      generation_dtype, prompt_seed, tokenizer_fingerprint)
-from ..models.loader import VOLATILE_CONFIG_KEYS
+from ..models.loader import VOLATILE_CONFIG_KEYS, apply_umask
 
 # %% ../../nbs/generate/13_vllm.ipynb #ace752cf
 VLLM_PYTHON_ENV = "SELFALIGN_VLLM_PYTHON"
@@ -98,7 +98,7 @@ def save_for_vllm(model,  # a `transformers` causal LM (a PEFT model: merge its 
     if hasattr(model, "peft_config"): raise ValueError("a PEFT model: merge its adapter first (`model.merge_and_unload()`)")
     dest = Path(dest); dest.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(dest, safe_serialization=True); tokenizer.save_pretrained(dest)
-    return dest
+    return apply_umask(dest)  # safetensors writes 0600: a server run as another user could not read it
 
 # %% ../../nbs/generate/13_vllm.ipynb #f01d3374
 def weights_fingerprint(model_dir: str | Path,  # a model folder
@@ -204,10 +204,11 @@ _OPENER = urllib.request.build_opener(urllib.request.ProxyHandler({}))
 def request_json(url: str,  # an http:// address (no proxy is used)
                  body: dict | None = None,  # POST this as JSON (None: GET)
                  timeout: float = 10.0,  # seconds
+                 api_key: str | None = None,  # sent as `Authorization: Bearer <key>` (the server's key)
                 ) -> dict | str:
     "GET (or POST `body` as JSON to) `url`; the decoded JSON answer (or text)."
-    req = urllib.request.Request(url, data=None if body is None else json.dumps(body).encode(),
-                                 headers={"Content-Type": "application/json"})
+    headers = {"Content-Type": "application/json", **({"Authorization": f"Bearer {api_key}"} if api_key else {})}
+    req = urllib.request.Request(url, data=None if body is None else json.dumps(body).encode(), headers=headers)
     try:
         with _OPENER.open(req, timeout=timeout) as r: raw = r.read().decode()
     except urllib.error.HTTPError as e:
@@ -244,6 +245,7 @@ class VLLMServer:
         if port is not None and port_in_use(port, self.host):
             raise PortInUseError(f"port {port} on {self.host} is already in use; pass another, or port=None for a free one")
         self.port, self.name = port or free_port(self.host), f"selfalign-{uuid.uuid4().hex[:12]}"
+        self._api_key = secrets.token_urlsafe(32)  # this server's; in memory only (see above)
         self.log_path = Path(log_path) if log_path else Path(tempfile.mkdtemp(prefix="selfalign-vllm-")) / "server.log"
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         args = ["--model", str(model_dir), "--served-model-name", self.name, "--host", self.host, "--port", str(self.port),
@@ -253,7 +255,7 @@ class VLLMServer:
                 *extra_args]
         with open(self.log_path, "ab") as log:
             self.proc = subprocess.Popen([str(self.python), "-m", SERVER_MODULE, *args], stdin=subprocess.DEVNULL,
-                                         stdout=log, stderr=subprocess.STDOUT, env=env or vllm_env(),
+                                         stdout=log, stderr=subprocess.STDOUT, env={**(env or vllm_env()), "VLLM_API_KEY": self._api_key},
                                          start_new_session=True, preexec_fn=_die_with_parent)
         self._finalizer = weakref.finalize(self, stop_process_group, self.proc)  # also runs at interpreter exit
         self.deadline, self.ready = time.monotonic() + start_timeout, False
@@ -276,7 +278,7 @@ class VLLMServer:
         return self.proc.returncode
     def complete(self, body: dict, timeout: float = 3600.0) -> dict:
         "POST one request to /v1/completions; the answer."
-        return request_json(f"{self.url}/v1/completions", {"model": self.name, **body}, timeout=timeout)
+        return request_json(f"{self.url}/v1/completions", {"model": self.name, **body}, timeout=timeout, api_key=self._api_key)
     def error(self, msg: str, cls: type = VLLMServerError) -> Exception:
         "An exception saying `msg`, with the server's pid, its log's path and the tail of its log."
         text = f"{msg} (pid {self.pid}; log: {self.log_path}); last lines of its log:\n{log_tail(self.log_path)}"
@@ -292,7 +294,7 @@ def _await_server(s: VLLMServer):
         except (VLLMServerError, VLLMRequestError): pass
         if time.monotonic() > s.deadline: raise s.error("the vLLM server was not ready before its start timeout", TimeoutError)
         time.sleep(0.5)
-    served = [m.get("id") for m in request_json(f"{s.url}/v1/models", timeout=10).get("data", [])]
+    served = [m.get("id") for m in request_json(f"{s.url}/v1/models", timeout=10, api_key=s._api_key).get("data", [])]
     if s.name not in served:
         raise s.error(f"{s.url} answers, but serves {served}, not this server's model: is the port taken by another server?")
 

@@ -6,7 +6,7 @@ Docs: https://selfalign.github.io/selfalign/models/loader.html.md"""
 
 # %% ../../nbs/models/04_loader.ipynb #3430d591
 from __future__ import annotations
-import hashlib, importlib.util, json, os, shutil, tempfile
+import hashlib, importlib.util, json, os, re, shutil, tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -14,14 +14,16 @@ from typing import Literal
 # %% auto #0
 __all__ = ['SPECIAL_TOKENS', 'CHATML_TEMPLATE', 'VOLATILE_CONFIG_KEYS', 'SMOLLM2_NAME', 'resolve_dtype', 'train_tokenizer',
            'builtin_corpus', 'tiny_causal_lm', 'model_fingerprint', 'LoraSpec', 'apply_lora', 'ensure_pad_token',
-           'resolve_device', 'load_model', 'adds_bos', 'cache_root', 'smollm2_gguf', 'load_smollm2', 'smollm2_dir']
+           'ModelFilesError', 'check_safetensors', 'apply_umask', 'local_folder', 'check_model_folder',
+           'check_tokenizer_folder', 'resolve_device', 'load_model', 'adds_bos', 'cache_root', 'smollm2_gguf',
+           'load_smollm2', 'smollm2_dir']
 
 # %% ../../nbs/models/04_loader.ipynb #bdaa066b
 import torch
 from tokenizers import Tokenizer, decoders, models as tok_models, pre_tokenizers, trainers
 from transformers import (AutoModelForCausalLM, AutoTokenizer, GenerationConfig, LlamaConfig, LlamaForCausalLM,
                           PreTrainedTokenizerFast)
-from ..core.base import StageConfig
+from ..core.base import StageConfig, current_umask
 
 # %% ../../nbs/models/04_loader.ipynb #26d9bb91
 _DTYPES = {"fp32": torch.float32, "float32": torch.float32, "float": torch.float32,
@@ -236,6 +238,67 @@ def ensure_pad_token(model, tokenizer):
     if getattr(model, "generation_config", None) is not None: model.generation_config.pad_token_id = tokenizer.pad_token_id
     return model, tokenizer
 
+# %% ../../nbs/models/04_loader.ipynb #c26c098c
+class ModelFilesError(OSError):
+    "A model or tokenizer folder that cannot be loaded: missing, without tokenizer files, or with a truncated weights file."
+
+def check_safetensors(path: str | Path,  # a `*.safetensors` file
+                     ) -> list[str]:
+    "The tensor names of a complete safetensors file (its header is read, no tensor is); `ModelFilesError` naming it if not."
+    from safetensors import SafetensorError, safe_open
+    try:
+        with safe_open(str(path), framework="pt") as f: return list(f.keys())
+    except (SafetensorError, OSError) as e:
+        raise ModelFilesError(f"{path}: not a complete safetensors file, truncated or damaged ({e})") from None
+
+def apply_umask(folder: str | Path,  # a folder of saved weights (searched recursively)
+                pattern: str = "*.safetensors",  # the files to fix
+               ) -> Path:
+    "Give the files matching `pattern` under `folder` the mode `open` would (safetensors ≥ 0.8 writes them 0600)."
+    mode = 0o666 & ~current_umask()
+    for f in Path(folder).rglob(pattern):
+        if f.is_file() and not f.is_symlink(): os.chmod(f, mode)
+    return Path(folder)
+
+_HUB_ID = re.compile(r"\w[\w.-]*(/\w[\w.-]*)?")  # "name" or "org/name": fetched from the hub when not a local folder
+_TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json")
+
+def local_folder(name: str | Path,  # a local folder or a hub id
+                 what: str = "model",  # how errors name it
+                ) -> Path | None:
+    "`name` as an existing local folder, or None for a hub id; `ModelFilesError` for a path that is neither."
+    p = Path(name).expanduser()
+    if p.is_dir(): return p
+    if p.exists(): raise ModelFilesError(f"{p} is a file, not a {what} folder")
+    if isinstance(name, str) and _HUB_ID.fullmatch(name): return None
+    raise ModelFilesError(f"no such {what} folder {p} (hub ids such as 'org/name' are fetched instead, which needs network access)")
+
+def check_model_folder(folder: Path,  # a local model folder
+                      ) -> Path:
+    "Raise `ModelFilesError` unless `folder` has a config (or adapter config) and complete safetensors weights."
+    if not ((folder / "config.json").is_file() or (folder / "adapter_config.json").is_file()):
+        raise ModelFilesError(f"{folder} has no config.json: not a model folder")
+    weights = sorted(folder.glob("*.safetensors"))
+    if not weights: raise ModelFilesError(f"{folder} has no *.safetensors weights (a pickled .bin is never loaded)")
+    for f in weights: check_safetensors(f)
+    return folder
+
+def check_tokenizer_folder(folder: Path,  # a local tokenizer folder
+                          ) -> Path:
+    "Raise `ModelFilesError` unless `folder` holds tokenizer files."
+    if not any((folder / f).is_file() for f in _TOKENIZER_FILES):
+        raise ModelFilesError(f"{folder} has no tokenizer files ({' / '.join(_TOKENIZER_FILES)}): "
+                              "pass `tokenizer=` the folder that holds them")
+    return folder
+
+def _from_hub(load, name):
+    "`load()`, a `ModelFilesError` saying that hub ids need the network if it fails to fetch `name`."
+    try: return load()
+    except OSError as e:
+        raise ModelFilesError(f"no such model folder {name}, and fetching it as a hub id failed: hub ids need network "
+                              f"access (HF_HUB_OFFLINE={os.environ.get('HF_HUB_OFFLINE', 'unset')}): {str(e).splitlines()[0]}") from None
+
+
 # %% ../../nbs/models/04_loader.ipynb #079565f5
 def resolve_device(device: str = "auto",  # "auto", "cpu", "cuda" or "cuda:N"
                   ) -> str:
@@ -258,16 +321,21 @@ def load_model(name_or_path: str | Path,  # hub id or local folder (safetensors 
                device_map: str | dict | None = None,  # for inference: e.g. "auto" spreads a large model over the GPUs
                **kwargs,  # passed on to `AutoModelForCausalLM.from_pretrained`
               ):
-    "Load `(model, tokenizer)` from safetensors, optionally 4/8-bit quantised and/or wrapped in LoRA."
+    "Load `(model, tokenizer)` from safetensors, optionally 4/8-bit quantised and/or wrapped in LoRA; `ModelFilesError` names a bad folder or file."
     torch_dtype = resolve_dtype(dtype)
     qcfg = _quantization_config(quantization, torch_dtype)
     if qcfg is not None: kwargs["quantization_config"] = qcfg
     dev = resolve_device(device)
     if device_map is not None: kwargs["device_map"] = device_map
     elif qcfg is not None or dev != "cpu": kwargs["device_map"] = {"": dev}  # weights land on the device directly
-    model = AutoModelForCausalLM.from_pretrained(name_or_path, dtype=torch_dtype, use_safetensors=True,
-                                                 trust_remote_code=trust_remote_code, **kwargs)
-    tokenizer = AutoTokenizer.from_pretrained(tokenizer or name_or_path, trust_remote_code=trust_remote_code)
+    model_dir, tok_dir = local_folder(name_or_path), local_folder(tokenizer or name_or_path, "tokenizer")
+    if tok_dir is not None: check_tokenizer_folder(tok_dir)  # cheap checks first: nothing is loaded yet
+    if model_dir is not None: check_model_folder(model_dir)
+    load = lambda: AutoModelForCausalLM.from_pretrained(name_or_path, dtype=torch_dtype, use_safetensors=True,
+                                                        trust_remote_code=trust_remote_code, **kwargs)
+    model = load() if model_dir is not None else _from_hub(load, name_or_path)
+    load_tok = lambda: AutoTokenizer.from_pretrained(tokenizer or name_or_path, trust_remote_code=trust_remote_code)
+    tokenizer = load_tok() if tok_dir is not None else _from_hub(load_tok, tokenizer or name_or_path)
     model, tokenizer = ensure_pad_token(model, tokenizer)
     if lora is not None:
         if quantization is not None:
@@ -338,7 +406,8 @@ def _convert_smollm2(gguf: Path, dest: Path):
     dest.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=dest.parent, prefix=f".{dest.name}."))
     try:
-        model.save_pretrained(tmp, safe_serialization=True); tokenizer.save_pretrained(tmp)
+        os.chmod(tmp, 0o777 & ~current_umask())  # mkdtemp makes 0700: give the cache folder the mode `mkdir` would
+        model.save_pretrained(tmp, safe_serialization=True); tokenizer.save_pretrained(tmp); apply_umask(tmp)
         (tmp / _CACHE_MARKER).write_text(json.dumps(_source_record(gguf)) + "\n")
         if dest.exists() and not _cache_valid(dest, gguf): shutil.rmtree(dest)
         try: os.replace(tmp, dest)

@@ -6,16 +6,17 @@ Docs: https://selfalign.github.io/selfalign/trainers/stages.html.md"""
 
 # %% ../../nbs/trainers/10_stages.ipynb #78003356
 from __future__ import annotations
-import dataclasses, hashlib, inspect, json, math, os, shutil, signal, sys, time
+import dataclasses, hashlib, inspect, json, math, os, shutil, signal, sys, time, zipfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Sequence
 
 # %% auto #0
-__all__ = ['phase_split', 'TrainStageConfig', 'report_to', 'trl_args', 'SFTStageConfig', 'RewardStageConfig',
+__all__ = ['CHECKPOINT_CONFIG', 'phase_split', 'TrainStageConfig', 'report_to', 'trl_args', 'SFTStageConfig', 'RewardStageConfig',
            'PreferenceStageConfig', 'to_records', 'pair_columns', 'takes_margin', 'fit_to_length', 'StageResult',
            'stage_dataset', 'row_hash', 'RowTrace', 'rank_record', 'KillAt', 'quiet_when_piped', 'train_and_save',
-           'as_model', 'run_sft', 'reward_model_from', 'run_reward', 'reward_scores', 'load_reward_model',
+           'as_model', 'CheckpointError', 'CheckpointRecord', 'checkpoint_problems', 'check_checkpoint',
+           'latest_checkpoint', 'run_sft', 'reward_model_from', 'run_reward', 'reward_scores', 'load_reward_model',
            'is_reward_model', 'reward_accuracy', 'PreferenceCollator', 'PreferenceTrainer', 'run_preference']
 
 # %% ../../nbs/trainers/10_stages.ipynb #8c9a5db7
@@ -31,7 +32,7 @@ from trl.trainer.utils import add_fused_lm_head
 from ..core.base import StageConfig, atomic_write_json, seed_everything
 from ..data.records import DataError, PreferencePair, SFTExample, read_jsonl
 from ..objectives.losses import get_loss
-from ..models.loader import LoraSpec, load_model, resolve_dtype
+from ..models.loader import LoraSpec, ModelFilesError, apply_umask, check_safetensors, load_model, resolve_dtype
 
 # %% ../../nbs/trainers/10_stages.ipynb #2d789436
 def phase_split(records: Sequence,  # the rows to divide (pairs, prompts, ...)
@@ -260,18 +261,21 @@ def quiet_when_piped():
 def train_and_save(trainer,  # a configured TRL trainer
                    cfg: TrainStageConfig,  # its stage config (saved as `config.json`)
                    counts: dict,  # rows given, kept, skipped, truncated (saved in `log_history.json`)
-                   resume_from,  # a checkpoint folder to resume from, or None
+                   resume_from,  # a checkpoint folder to resume from (checked first: `check_checkpoint`), or None
                    t0: float,  # `time.perf_counter()` at the stage's start
                   ) -> StageResult:
     "Train, save `final/`, `config.json` and `log_history.json` in `cfg.output_dir`, and return the `StageResult`."
+    if resume_from: check_checkpoint(resume_from, cfg, trainer.args.world_size)  # before anything is written
     if not sys.stderr.isatty(): trainer.remove_callback(PrinterCallback)
     out = Path(cfg.output_dir); out.mkdir(parents=True, exist_ok=True)
     main = trainer.is_world_process_zero()
     if main: cfg.to_json(out / "config.json")
+    trainer.add_callback(CheckpointRecord(cfg))
     if os.environ.get("SELFALIGN_KILL_AT"): trainer.add_callback(KillAt(os.environ["SELFALIGN_KILL_AT"]))
     if cfg.trace_rows: trainer.data_collator = RowTrace(trainer.data_collator, out / "logs" / f"rows-rank{trainer.args.process_index}.jsonl")
     trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
     trainer.save_model(str(out / "final"))  # every rank calls it: ZeRO-3 gathers the partitioned weights
+    if main: apply_umask(out / "final")
     hist = trainer.state.log_history
     atomic_write_json(out / "logs" / f"rank{trainer.args.process_index}.json", rank_record(trainer, digest=cfg.trace_rows))
     if main: atomic_write_json(out / "log_history.json", {"counts": counts, "log_history": hist})
@@ -282,6 +286,92 @@ def as_model(model,  # a model, or a folder to load one from
             ):
     "`model` itself, or the model loaded from the folder `model` names."
     return load_model(model, **kw)[0] if isinstance(model, (str, Path)) else model
+
+# %% ../../nbs/trainers/10_stages.ipynb #37e316a1
+class CheckpointError(ValueError):
+    "A checkpoint this run cannot resume from: incomplete, unreadable, or left by a different run."
+
+CHECKPOINT_CONFIG = "stage_config.json"  # the stage config, written into a checkpoint after everything else
+_RUN_FREE_FIELDS = ("output_dir", "logging_steps", "save_steps", "report_to", "trace_rows", "gradient_checkpointing")
+
+class CheckpointRecord(TrainerCallback):
+    "After each checkpoint is saved: its weights get the umask's mode, then the stage config is written into it, last."
+    def __init__(self, cfg: TrainStageConfig): self.cfg = cfg
+    def on_save(self, args, state, control, **kwargs):
+        d = Path(args.output_dir) / f"checkpoint-{state.global_step}"
+        if state.is_world_process_zero and d.is_dir(): apply_umask(d); atomic_write_json(d / CHECKPOINT_CONFIG, self.cfg)
+
+def _torch_file_ok(path: Path) -> bool:
+    "Is `path` a complete `torch.save` archive? Its zip directory, written last, is read; no pickle is opened."
+    try:
+        with zipfile.ZipFile(path) as z: return bool(z.namelist())
+    except (OSError, zipfile.BadZipFile): return False
+
+def _same_run(d: Path, cfg: TrainStageConfig) -> list[str]:
+    "How the config recorded in checkpoint `d` differs from `cfg` in what shapes training (nothing if none is recorded)."
+    try: old = json.loads((d / CHECKPOINT_CONFIG).read_text(encoding="utf-8"))
+    except FileNotFoundError: return []  # written before the record existed, or killed just before it
+    except ValueError: return [f"{CHECKPOINT_CONFIG} truncated or not JSON"]
+    if not isinstance(old, dict): return [f"{CHECKPOINT_CONFIG} is not a stage config"]
+    new = cfg.to_dict()
+    diff = [k for k in sorted(set(old) | set(new)) if k not in _RUN_FREE_FIELDS and old.get(k) != new.get(k)]
+    return [f"written by a run with another config ({', '.join(f'{k}: {old.get(k)!r} there, {new.get(k)!r} here' for k in diff)})"] if diff else []
+
+def checkpoint_problems(folder: str | Path,  # a `checkpoint-N` folder
+                        cfg: TrainStageConfig,  # the config of the run that would resume from it
+                        world_size: int = 1,  # that run's ranks (one RNG state each)
+                       ) -> list[str]:
+    "What keeps a run of `cfg` from resuming `folder` (nothing: it can); reads file headers and JSON, never a pickle."
+    d = Path(folder)
+    if not d.is_dir(): return ["no such folder"]
+    out, deepspeed, weights = [], any(d.glob("global_step*")), sorted(d.glob("*.safetensors"))
+    if not weights and not deepspeed: out.append("no model or adapter weights (*.safetensors)")
+    for f in weights:
+        try: check_safetensors(f)
+        except ModelFilesError: out.append(f"{f.name} truncated or unreadable")
+    bad_ds = [f"{p.parent.name}/{p.name}" for p in d.glob("global_step*/*.pt") if not _torch_file_ok(p)]
+    if bad_ds: out.append(f"{', '.join(bad_ds)} truncated")
+    if deepspeed and not (d / "latest").is_file(): out.append("no 'latest' file: DeepSpeed's save did not finish")
+    if not deepspeed:  # DeepSpeed keeps the optimiser (and its scheduler) in global_step*/
+        fsdp = any(p.is_dir() and p.name.startswith("optimizer") for p in d.iterdir())  # FSDP's sharded state
+        if not (fsdp or _torch_file_ok(d / "optimizer.pt") or _torch_file_ok(d / "optimizer.bin")): out.append("optimizer.pt missing or truncated")
+        if not _torch_file_ok(d / "scheduler.pt"): out.append("scheduler.pt missing or truncated")
+    rng = [f for f in (["rng_state.pth"] if world_size == 1 else [f"rng_state_{r}.pth" for r in range(world_size)])
+           if not _torch_file_ok(d / f)]
+    if rng: out.append(f"{', '.join(rng)} missing or truncated")
+    try: state = json.loads((d / "trainer_state.json").read_text(encoding="utf-8"))
+    except FileNotFoundError: return out + ["trainer_state.json missing"]
+    except ValueError: return out + ["trainer_state.json truncated or not JSON"]
+    if not isinstance(state, dict): return out + ["trainer_state.json is not a trainer state"]
+    step = state.get("global_step")
+    if d.name != f"checkpoint-{step}": out.append(f"its trainer_state.json is at step {step}")
+    if cfg.max_steps > 0 and isinstance(step, int) and step > cfg.max_steps:
+        out.append(f"its step {step} is past this run's max_steps={cfg.max_steps} (left by an earlier, longer run?)")
+    elif cfg.max_steps > 0 and state.get("max_steps") != cfg.max_steps and not (d / CHECKPOINT_CONFIG).exists():
+        out.append(f"written by a run of max_steps={state.get('max_steps')}, this one has max_steps={cfg.max_steps}")
+    return out + _same_run(d, cfg)
+
+def check_checkpoint(folder: str | Path,  # the `checkpoint-N` folder to resume from
+                     cfg: TrainStageConfig,  # the resuming run's config
+                     world_size: int = 1,  # its ranks
+                    ) -> Path:
+    "`folder`, if a run of `cfg` can resume from it; else `CheckpointError` naming it and what is wrong."
+    problems = checkpoint_problems(folder, cfg, world_size)
+    if problems: raise CheckpointError(f"cannot resume from {folder}: {'; '.join(problems)}. "
+                                       "Resume from an earlier checkpoint, or start afresh (no resume_from)")
+    return Path(folder)
+
+def latest_checkpoint(output_dir: str | Path,  # a stage folder
+                      cfg: TrainStageConfig,  # the resuming run's config
+                      world_size: int = 1,  # its ranks
+                     ) -> Path | None:
+    "The newest `checkpoint-N` under `output_dir` that a run of `cfg` can resume from; each newer one is named on stderr, with why not."
+    step = lambda p: int(p.name.split("-")[-1])
+    for p in sorted((p for p in Path(output_dir).glob("checkpoint-*") if p.name.split("-")[-1].isdigit()), key=step, reverse=True):
+        problems = checkpoint_problems(p, cfg, world_size)
+        if not problems: return p
+        print(f"not resuming from {p}: {'; '.join(problems)}", file=sys.stderr, flush=True)
+    return None
 
 # %% ../../nbs/trainers/10_stages.ipynb #552a2b43
 def run_sft(cfg: SFTStageConfig,  # the stage config
