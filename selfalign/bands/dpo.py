@@ -22,6 +22,7 @@ from ..core.base import diff_ci, make_claim, paired_bootstrap_ci, seed_everythin
 from ..data.records import DataError, PreferencePair, SFTExample, read_jsonl
 from ..eval.policy import best_of_n, bon_picks, estimate, evaluate_policies, interp_frontier, sample_policy
 from ..judges.base import BandPrompt, prefer_scores
+from ..models.loader import apply_umask
 from ..trainers.stages import (PreferenceStageConfig, RewardStageConfig, SFTStageConfig, StageResult, phase_split,
                                        load_reward_model, reward_model_from, reward_scores)
 from .base import (BandConfig, Row, load_checkpoint, load_policy, make_judge, merged, prompt_source, rm_judge,
@@ -149,7 +150,7 @@ def train_dpo_row(cfg: DPOBandConfig, row: Row, tokenizer, out: Path, trained: d
     if row.kind == "sft":  # the policy, fine-tuned on the chosen responses; saved merged for the DPO rows to start from
         if row.spec.steps == 0 or not row.data:
             model = merged(load_policy(cfg.policy, cfg.dtype, lora=cfg.lora(), quantization=cfg.quantization)[0])
-            model.save_pretrained(out / "final"); tokenizer.save_pretrained(out / "final")
+            model.save_pretrained(out / "final"); tokenizer.save_pretrained(out / "final"); apply_umask(out / "final")
             return StageResult(out, model, [], {"rows": 0}, 0.0)
         seed_everything(cfg.seed)
         model = load_policy(cfg.policy, cfg.dtype, lora=cfg.lora(), quantization=cfg.quantization)[0] if here else None

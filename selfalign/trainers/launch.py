@@ -13,18 +13,18 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 # %% auto #0
-__all__ = ['STAGES', 'ENGINES', 'LAUNCHERS', 'StageJob', 'stage_function', 'last_checkpoint', 'job_model', 'run_job',
-           'shipped_config', 'LaunchConfig', 'free_port', 'has_gpu', 'launch_command', 'StageFailed', 'failed_rank',
-           'launch', 'load_stage_result', 'rank_records', 'stage_process_main']
+__all__ = ['STAGES', 'ENGINES', 'LAUNCHERS', 'StageJob', 'stage_function', 'job_model', 'run_job', 'shipped_config',
+           'LaunchConfig', 'free_port', 'has_gpu', 'launch_command', 'StageFailed', 'failed_rank', 'launch',
+           'load_stage_result', 'rank_records', 'stage_process_main']
 
 # %% ../../nbs/trainers/50_launch.ipynb #7a32b0fc
 import torch
 from transformers import AutoTokenizer
 from ..core.base import ConfigError, StageConfig, atomic_write_json, seed_everything
 from ..data.records import write_jsonl
-from ..models.loader import LoraSpec, load_model
+from ..models.loader import LoraSpec, apply_umask, load_model
 from .stages import (PreferenceStageConfig, RewardStageConfig, SFTStageConfig, StageResult,
-                                       is_reward_model, load_reward_model, reward_model_from)
+                                       is_reward_model, latest_checkpoint, load_reward_model, reward_model_from)
 
 # %% ../../nbs/trainers/50_launch.ipynb #03d90096
 STAGES = {"sft": (SFTStageConfig, "selfalign.trainers.stages:run_sft"),
@@ -60,12 +60,6 @@ def stage_function(stage: str):
     return getattr(importlib.import_module(mod), fn)
 
 # %% ../../nbs/trainers/50_launch.ipynb #449becfa
-def last_checkpoint(output_dir: str | Path) -> Path | None:
-    "The newest complete `checkpoint-N` folder under `output_dir` (one with its trainer state), or None."
-    d = Path(output_dir)
-    done = [p for p in d.glob("checkpoint-*") if (p / "trainer_state.json").exists() and p.name.split("-")[-1].isdigit()]
-    return max(done, key=lambda p: int(p.name.split("-")[-1]), default=None)
-
 def job_model(job: StageJob):
     """The model a job starts from, as its stage trains it: a LoRA-wrapped LM, or a reward model built on the LM's
     backbone — or, from a reward model's folder, that reward model, trained further (SALMON's principle fine-tuning
@@ -90,13 +84,13 @@ def run_job(job: StageJob,  # the stage
     seed_everything(cfg.seed)  # a LoRA adapter built here starts the same in every rank and every run
     tok = tokenizer if tokenizer is not None else AutoTokenizer.from_pretrained(job.tokenizer or job.model)
     if data is None and not job.data: raise ConfigError(f"StageJob ({job.stage}): no data given")
-    ckpt = last_checkpoint(output_dir) if resume else None
+    ckpt = latest_checkpoint(output_dir, cfg, int(os.environ.get("WORLD_SIZE", "1"))) if resume else None  # complete, this run's
     if ckpt is not None: print(f"{job.stage}: resuming from {ckpt}", flush=True)
     res = stage_function(job.stage)(cfg, model if model is not None else job_model(job), tok,
                                     data if data is not None else job.data, **job.options, resume_from=ckpt)
     if job.merge_lora and hasattr(res.model, "merge_and_unload"):
         res.model = res.model.merge_and_unload()
-        if int(os.environ.get("RANK", "0")) == 0: res.model.save_pretrained(res.final_dir); tok.save_pretrained(res.final_dir)
+        if int(os.environ.get("RANK", "0")) == 0: res.model.save_pretrained(res.final_dir); tok.save_pretrained(res.final_dir); apply_umask(res.final_dir)
     return res
 
 # %% ../../nbs/trainers/50_launch.ipynb #e477c1c2

@@ -23,6 +23,7 @@ from tqdm.auto import tqdm
 from transformers import get_scheduler
 from ..core.base import atomic_write_json, seed_everything
 from ..generate.base import HFGenerator, SamplingParams, encode_prompts
+from ..models.loader import apply_umask
 from ..objectives.ppo import (KL_ESTIMATORS, explained_variance, gae, masked_mean, masked_whiten, policy_loss,
                                       token_rewards, value_loss)
 from .stages import StageResult, TrainStageConfig, reward_model_from
@@ -336,7 +337,7 @@ def run_ppo(cfg: PPOStageConfig,  # the stage config
             _save_checkpoint(out / f"checkpoint-{it + 1}", it + 1, hist, moments, policy, critic, opt, sched)
     policy.eval(); critic.eval()
     policy.save_pretrained(out / "final", **({"selected_adapters": [critic.main]} if isinstance(critic, AdapterCritic) else {}))
-    tokenizer.save_pretrained(out / "final"); critic.save_pretrained(out / "critic")
+    tokenizer.save_pretrained(out / "final"); critic.save_pretrained(out / "critic"); apply_umask(out)
     counts = {"prompts": len(prompts), "iterations": cfg.max_steps, "rollout_prompts": cfg.rollout_prompts}
     atomic_write_json(out / "log_history.json", {"counts": counts, "log_history": hist})
     return StageResult(out, policy, hist, counts, time.perf_counter() - t0)
@@ -349,7 +350,7 @@ def _save_checkpoint(d: Path, step: int, hist, moments, policy, critic, opt, sch
     d.mkdir(parents=True, exist_ok=True)
     save_file(_trainable(policy), d / "policy.safetensors"); save_file(_trainable(critic), d / "critic.safetensors")
     torch.save({"optimizer": opt.state_dict(), "scheduler": sched.state_dict()}, d / "optimizer.pt")
-    atomic_write_json(d / "state.json", {"step": step, "log_history": hist, "moments": moments.state()})
+    atomic_write_json(d / "state.json", {"step": step, "log_history": hist, "moments": moments.state()}); apply_umask(d)
 
 def _load_checkpoint(d: Path, policy, critic, opt, sched):
     for model, f in ((policy, "policy.safetensors"), (critic, "critic.safetensors")):
