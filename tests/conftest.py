@@ -23,9 +23,13 @@ from filelock import FileLock  # noqa: E402
 
 
 def pytest_collection_modifyitems(config, items):
-    "Under xdist's loadgroup: a test file runs on one worker (its module fixtures are built once); notebooks spread out."
+    """Under xdist's loadgroup: a test file runs on one worker (its module fixtures are built once); the files whose tests
+    share nothing but the session's tiny runs (each run once, under a lock) spread out."""
     for item in items:
-        if item.path.name != "test_notebooks.py": item.add_marker(pytest.mark.xdist_group(item.path.stem))
+        if item.path.name not in SPREAD: item.add_marker(pytest.mark.xdist_group(item.path.stem))
+
+
+SPREAD = {"test_notebooks.py", "test_seeds.py", "test_claims.py"}
 
 # The tiny reproductions the tests read, each run once per session into one shared folder (the paper tests check its
 # run folder, the docs test builds the site from all of them). `make reproduce` runs every band in full; the tests

@@ -17,14 +17,14 @@ from typing import Any, Callable, ClassVar, Protocol, Sequence
 # %% auto #0
 __all__ = ['ROW_MARKER', 'DATA_CACHE', 'TrainSpec', 'BandConfig', 'load_policy', 'policy_files', 'train_stage', 'OfflinePrompts',
            'HHRLHFPrompts', 'OASST1Prompts', 'prompt_source', 'make_judge', 'Row', 'TrainedRow', 'Band', 'run_band',
-           'load_checkpoint', 'encode_data', 'decode_data', 'write_json_exact', 'read_json_exact', 'fingerprint',
-           'band_fingerprint', 'row_fingerprint', 'finished_row', 'mark_row', 'resume_or_train', 'cached_data',
-           'cache_data', 'merged', 'rm_judge', 'train_ppo_row', 'round_rows', 'response_sep']
+           'run_seeds', 'load_checkpoint', 'encode_data', 'decode_data', 'write_json_exact', 'read_json_exact',
+           'fingerprint', 'band_fingerprint', 'row_fingerprint', 'finished_row', 'mark_row', 'resume_or_train',
+           'cached_data', 'cache_data', 'merged', 'rm_judge', 'train_ppo_row', 'round_rows', 'response_sep']
 
 # %% ../../nbs/bands/00_base.ipynb #447e23f6
 import numpy as np
 from .. import __version__
-from ..core.base import RunDir, StageConfig, atomic_write_json, atomic_write_text, seed_everything
+from ..core.base import RunDir, StageConfig, atomic_write_json, atomic_write_text, concat_outcomes, seed_everything, seed_rows
 from ..judges.base import BandPrompt, JudgeUnavailable, RewardModelJudge
 from ..judges.proxy import ProxyJudge
 from ..models.loader import LoraSpec, load_model, load_smollm2, model_fingerprint, smollm2_dir
@@ -73,6 +73,7 @@ class BandConfig(TrainSpec):
     dtype: str = "fp32"  # model dtype ("bf16" on GPUs)
     gen_batch_size: int = 96  # rows per generation call
     seed: int = 0  # the one seed
+    seeds: tuple[int, ...] = ()  # several seeds (e.g. (0, 1, 2)): each runs in full, the claims pool seeds × prompts (empty: `seed` alone)
     launcher: str = "inprocess"  # training stages in this process, or "accelerate": each stage a process (or several)
     num_processes: int = 1  # ranks per stage (launcher "accelerate"; one per GPU); the global batch stays `batch_size`
     engine: str = "ddp"  # "ddp", "zero2", "zero3" or "fsdp2" (GPUs only)
@@ -228,7 +229,10 @@ class Band(Protocol):
 
 def run_band(band: Band, cfg: BandConfig, out: str | Path, progress: Callable = print) -> dict:
     """Data → every row trained into its own checkpoint → evaluation → claims; writes results.json and samples.jsonl.
-    Run again into the same folder it resumes: the data and the finished rows of the same fingerprint are reused."""
+    Run again into the same folder it resumes: the data and the finished rows of the same fingerprint are reused.
+    With several `cfg.seeds`, `run_seeds` runs each seed and pools them."""
+    if len(cfg.seeds) > 1: return run_seeds(band, cfg, out, progress)
+    if cfg.seeds: cfg = cfg.replace(seed=cfg.seeds[0], seeds=())
     out = Path(out); out.mkdir(parents=True, exist_ok=True); t0 = time.perf_counter(); secs = {}
     cfg.to_json(out / "band_config.json"); seed_everything(cfg.seed)
     policy, tok = load_policy(cfg.policy, cfg.dtype)
@@ -252,10 +256,26 @@ def run_band(band: Band, cfg: BandConfig, out: str | Path, progress: Callable = 
     secs["eval"] = time.perf_counter() - t1; secs["total"] = time.perf_counter() - t0
     results["claims"] = band.claims(cfg, data, results)
     results["seconds"] = {k: round(v, 1) for k, v in secs.items()}
-    results["resumed"] = resumed
+    results["resumed"], results["seeds"] = resumed, [cfg.seed]
     atomic_write_json(out / "results.json", results)
     RunDir(out).write_jsonl("samples.jsonl", samples)
     return results
+
+def run_seeds(band: Band, cfg: BandConfig, out: str | Path, progress: Callable = print) -> dict:
+    """Every seed of `cfg.seeds` run in full into `out/seed-<s>/` (each resumable); the first seed's results with every
+    seed's per-prompt outcomes laid end to end, the band's claims on them (pooled over seeds × prompts), and
+    `claims_by_seed`: each seed's value of every claim beside the pooled one. A band's claims read only `results`."""
+    out, runs = Path(out), {}
+    for i, s in enumerate(cfg.seeds):
+        progress(f"seed {s} ({i + 1} of {len(cfg.seeds)})")
+        runs[s] = run_band(band, cfg.replace(seed=s, seeds=()), out / f"seed-{s}", progress)
+    first = runs[cfg.seeds[0]]
+    pooled = {**first, "per_prompt": concat_outcomes([r["per_prompt"] for r in runs.values()]), "seeds": list(cfg.seeds)}
+    pooled["claims"] = band.claims(cfg.replace(seed=cfg.seeds[0], seeds=()), None, pooled)
+    pooled["claims_by_seed"] = seed_rows({s: r["claims"] for s, r in runs.items()}, pooled["claims"])
+    pooled["seconds"] = {k: round(sum(r["seconds"].get(k, 0.0) for r in runs.values()), 1) for k in first["seconds"]}
+    atomic_write_json(out / "results.json", pooled)
+    return pooled
 
 def load_checkpoint(cfg: BandConfig, folder: str | Path):
     "A trained row's policy from its folder: full weights, or the base it was trained from with the saved LoRA adapter."
