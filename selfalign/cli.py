@@ -1,6 +1,7 @@
 """The `selfalign` command: run paper reproductions with papermill.
 
     selfalign reproduce <paper|all> --scale tiny|small|paper --out DIR [-c CONFIG] [-f params.yaml ...] [-p NAME VALUE ...]
+                        [--jobs N|auto]
     selfalign world build [--out DIR] [--seed N] [--config build.json] [--force]
 
 A paper is a folder `papers/<paper>/` holding a parameterised notebook (`reproduce.ipynb` unless a config names
@@ -15,8 +16,11 @@ A run folder says which run it holds. Before a notebook starts, the previous run
 (the command, the start time, then the status) is written; it is removed when the notebook succeeds and stays, saying
 `failed` or `interrupted`, when it does not. Subfolders (trained checkpoints a resumed run can use) are kept.
 
-Ctrl-C stops the notebook at its current cell (a second Ctrl-C stops at once), skips the notebooks not yet started,
-writes the report for what ran, the interrupted notebook marked as such, and exits with status 130.
+`--jobs N` runs N notebooks at once (`auto`: one per CPU core at `tiny`), each kernel with its share of the cores as
+threads; the report lists the runs in plan order whatever order they finished in.
+
+Ctrl-C stops the running notebooks at their current cells (a second Ctrl-C stops at once), skips the notebooks not yet
+started, writes the report for what ran, the interrupted notebooks marked as such, and exits with status 130.
 
 `selfalign world ...` manages the miniature world: `world build` trains its tokenizer, base models and SFT model
 (`selfalign.world.models.build_world`) into `selfalign/assets/world/` unless `--out` says otherwise.
@@ -36,6 +40,7 @@ import sys
 import tempfile
 import threading
 import time
+from concurrent.futures import ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -307,11 +312,32 @@ def run_job(job: Job, kernel: str | None = None, progress: bool = False, on_cell
         return False, time.perf_counter() - t0, f"{type(e).__name__}: {e}"
 
 
+def parallel_jobs(requested: str | int, scale: str, n_jobs: int) -> int:
+    "How many notebooks `--jobs` runs at once: a number, or `auto` (at `tiny`, one per CPU core; else one)."
+    if str(requested) == "auto":
+        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+        return max(1, min(n_jobs, cores)) if scale == "tiny" else 1
+    try: n = int(requested)
+    except ValueError: n = 0
+    if n < 1: raise ReproduceError(f"--jobs {requested}: give a number ≥ 1 or 'auto'")
+    return min(n, n_jobs)
+
+
+def _thread_env(parallel: int) -> None:
+    """With several notebooks at once, each kernel (started from this environment) gets its share of the cores as
+    threads, unless the user set the thread counts: oversubscribed torch thread pools make everything crawl."""
+    if parallel < 2: return
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS"): os.environ.setdefault(var, str(max(1, cores // parallel)))
+
+
 def reproduce(args) -> int:
     overrides = {k: _parse_value(v) for k, v in (args.param or [])}
     out = Path(args.out)
     jobs = plan(args.paper, args.scale, out, args.config, [Path(f) for f in args.file or []], overrides)
     check_out(out, jobs)
+    parallel = parallel_jobs(args.jobs, args.scale, len(jobs))
+    _thread_env(parallel)
     from .report import RunRecord, write_report
     command = shlex.join(["selfalign", *args.argv])
     for stale in ("REPORT.md", "report.html"): (out / stale).unlink(missing_ok=True)  # rewritten when the run ends
@@ -319,51 +345,63 @@ def reproduce(args) -> int:
     stop = _Interrupt()
     catch = threading.current_thread() is threading.main_thread() and signal.getsignal(signal.SIGINT) != signal.SIG_IGN
     previous = signal.signal(signal.SIGINT, stop) if catch else None
-    records = []
+    records: dict[int, RunRecord] = {}  # job index -> its record, for the jobs that started
+
+    def run_one(i: int, job: Job) -> None:
+        if stop.requested: return  # never started: reported as not run
+        label = f"[{i + 1}/{len(jobs)}] {job.paper}/{job.config} ({args.scale})"
+        t0 = time.perf_counter()
+        try:
+            _start_run_folder(job, command)
+            if tty or parallel > 1: print(f"{label} running …", file=sys.stderr, flush=True)
+            ok, secs, err = run_job(job, kernel=args.kernel, progress=tty and parallel == 1, on_cell_start=stop.before_cell)
+        except KeyboardInterrupt:  # a second Ctrl-C, or one before the kernel ran
+            ok, secs, err = False, time.perf_counter() - t0, ""
+        except OSError as e:  # the run folder could not be prepared
+            ok, secs, err = False, time.perf_counter() - t0, f"{type(e).__name__}: {e}"
+        status = "ok" if ok else "interrupted" if stop.requested else "failed"
+        lines = [f"{label} {status if ok else status.upper()} in {secs:.1f}s → {job.out_dir}"]
+        nb_copy = job.out_dir / job.notebook.name
+        if status == "interrupted":
+            err = "KeyboardInterrupt: interrupted (Ctrl-C)"; _mark_notebook_interrupted(nb_copy)
+        if status == "ok": (job.out_dir / MARKER).unlink(missing_ok=True)
+        else:
+            if (job.out_dir / MARKER).exists():
+                _mark(job, status=status, error=err.splitlines()[0] if err else "",
+                      ended=datetime.datetime.now().astimezone().isoformat(timespec="seconds"))
+            if status == "failed" and err: lines.append(f"    {err.splitlines()[0]}")
+            if nb_copy.exists(): lines.append(f"    executed copy kept: {nb_copy}")
+        print("\n".join(lines), file=sys.stderr, flush=True)
+        records[i] = RunRecord(job.paper, job.config, args.scale, job.out_dir, status, secs,
+                               err.splitlines()[0] if err else "", job.notebook.name)
+
+    # Worker threads run the notebooks (each in its own kernel process); the main thread only waits, so that Ctrl-C
+    # reaches `stop` here whatever the workers are doing.
+    pool = ThreadPoolExecutor(max_workers=parallel, thread_name_prefix="reproduce")
+    pending = {pool.submit(run_one, i, job) for i, job in enumerate(jobs)}
     try:
-        for i, job in enumerate(jobs, 1):
-            label = f"[{i}/{len(jobs)}] {job.paper}/{job.config} ({args.scale})"
-            t0 = time.perf_counter()
+        while pending:
             try:
-                _start_run_folder(job, command)
-                if tty: print(f"{label} running …", file=sys.stderr, flush=True)
-                ok, secs, err = run_job(job, kernel=args.kernel, progress=tty, on_cell_start=stop.before_cell)
-            except KeyboardInterrupt:  # a second Ctrl-C, or one before the kernel ran
-                ok, secs, err = False, time.perf_counter() - t0, ""
-            except OSError as e:  # the run folder could not be prepared
-                ok, secs, err = False, time.perf_counter() - t0, f"{type(e).__name__}: {e}"
-            status = "ok" if ok else "interrupted" if stop.requested else "failed"
-            print(f"{label} {status if ok else status.upper()} in {secs:.1f}s → {job.out_dir}", file=sys.stderr,
-                  flush=True)
-            nb_copy = job.out_dir / job.notebook.name
-            if status == "interrupted":
-                err = "KeyboardInterrupt: interrupted (Ctrl-C)"; _mark_notebook_interrupted(nb_copy)
-            if status == "ok": (job.out_dir / MARKER).unlink(missing_ok=True)
-            else:
-                if (job.out_dir / MARKER).exists():
-                    _mark(job, status=status, error=err.splitlines()[0] if err else "",
-                          ended=datetime.datetime.now().astimezone().isoformat(timespec="seconds"))
-                if status == "failed" and err: print(f"    {err.splitlines()[0]}", file=sys.stderr)
-                if nb_copy.exists(): print(f"    executed copy kept: {nb_copy}", file=sys.stderr)
-            records.append(RunRecord(job.paper, job.config, args.scale, job.out_dir, status, secs,
-                                     err.splitlines()[0] if err else "", job.notebook.name))
-            if stop.requested: break
-    except KeyboardInterrupt:  # between two notebooks
-        stop.requested = True
+                done, pending = wait(pending, timeout=0.2)
+                for f in done: f.result()
+            except KeyboardInterrupt:  # between two notebooks, or a second Ctrl-C: the workers see `stop` and end
+                stop.requested = True
     finally:
+        pool.shutdown(wait=True, cancel_futures=True)
         if catch: signal.signal(signal.SIGINT, previous if previous is not None else signal.default_int_handler)
-    not_run = [f"{j.paper}/{j.config}" for j in jobs[len(records):]]
-    md, page = write_report(out, records, not_run=not_run)
+    ran = [records[i] for i in sorted(records)]
+    not_run = [f"{j.paper}/{j.config}" for i, j in enumerate(jobs) if i not in records]
+    md, page = write_report(out, ran, not_run=not_run)
     print(f"outputs: {out.resolve()}")
     print(f"report: {md}  (and {page.name}: open it in a browser)")
     if stop.requested:
-        last = records[-1] if records and records[-1].status == "interrupted" else None
-        during = f" during {last.paper}/{last.config}" if last else ""
-        done = sum(r.status != "interrupted" for r in records)
+        stopped = [f"{r.paper}/{r.config}" for r in ran if r.status == "interrupted"]
+        during = f" during {', '.join(stopped)}" if stopped else ""
+        done = sum(r.status != "interrupted" for r in ran)
         print(f"selfalign: interrupted{during}; {done} of {len(jobs)} notebook(s) finished"
               + (f", not run: {', '.join(not_run)}" if not_run else ""), file=sys.stderr)
         return 130
-    failed = [r for r in records if r.status != "ok"]
+    failed = [r for r in ran if r.status != "ok"]
     if failed:
         print(f"{len(failed)} of {len(jobs)} notebook(s) failed: " + ", ".join(f"{r.paper}/{r.config}" for r in failed),
               file=sys.stderr)
@@ -463,6 +501,9 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("-f", "--file", action="append", help="YAML file of parameters (repeatable, later wins)")
     r.add_argument("-p", "--param", nargs=2, action="append", metavar=("NAME", "VALUE"),
                    help="set one parameter (repeatable; VALUE read as YAML: 1e-4 is a number, [1, 2] a list)")
+    r.add_argument("-j", "--jobs", default="1", metavar="N",
+                   help="notebooks run at once: a number, or 'auto' (at tiny, one per CPU core, each kernel with its "
+                        "share of the cores as threads; else 1). Default 1")
     r.add_argument("--kernel", default=None, help="Jupyter kernel (default: the notebook's)")
     r.set_defaults(func=reproduce)
 

@@ -139,7 +139,7 @@ def _fake_papers(root, **papers):
     sources = ['scale: str = "tiny"  # scale\nconfig: str = "demo"  # config\nout_dir: str = "runs/fake/demo"  # run folder\n'
                'seed: int = 0  # seed\nnap: float = 0.0  # seconds to sleep\nfail: bool = False  # raise',
                "import json, os, pathlib, time\nrun = pathlib.Path(out_dir); run.mkdir(parents=True, exist_ok=True)\n"
-               "(run / 'config.json').write_text(json.dumps({'nap': nap}))",
+               "(run / 'config.json').write_text(json.dumps({'nap': nap, 'threads': os.environ.get('OMP_NUM_THREADS')}))",
                "if nap: (run / 'napping').touch(); time.sleep(nap)\nassert not fail, 'failing as asked'",
                "(run / 'fig.png').write_bytes(b'png')\n"
                "claim = dict(id='fake-claim', statement='s', value=0.7, ci95=[0.6, 0.8], threshold=0.5, verdict='holds', "
@@ -267,3 +267,43 @@ def test_ctrl_c_stops_cleanly_and_reports_what_finished(tmp_path):
     status = {c.source.split("\n")[0][:12]: c.metadata.papermill["status"] for c in nb.cells if c.cell_type == "code"}
     assert nb.metadata.papermill["status"] == "interrupted" and nb.metadata.papermill["exception"]
     assert status["if nap: (run"] == "failed" and status["(run / 'fig."] == "pending", status
+
+
+def test_jobs_run_notebooks_at_once_and_ctrl_c_stops_them_all(tmp_path):
+    "`--jobs 2`: two notebooks nap at the same time, each kernel with half the cores as threads; Ctrl-C stops both."
+    papers = _fake_papers(tmp_path / "papers", aaa_slow={"nap": 120}, bbb_slow={"nap": 120}, ccc_never={})
+    out = tmp_path / "runs"; slow = [out / p / "demo" for p in ("aaa_slow", "bbb_slow")]
+    env = {k: v for k, v in os.environ.items() if k not in ("OMP_NUM_THREADS", "MKL_NUM_THREADS")}
+    p = subprocess.Popen([str(BIN / "selfalign"), "reproduce", "all", "--out", str(out), "--jobs", "2"], stdout=subprocess.PIPE,
+                         stderr=subprocess.PIPE, text=True, env={**env, "SELFALIGN_PAPERS": str(papers)}, start_new_session=True)
+    try:
+        deadline = time.monotonic() + 90
+        while not all((d / "napping").exists() for d in slow):  # both run at once
+            assert p.poll() is None and time.monotonic() < deadline, p.communicate()
+            time.sleep(0.05)
+        os.killpg(p.pid, signal.SIGINT)
+        stdout, stderr = p.communicate(timeout=60)
+    finally:
+        if p.poll() is None: os.killpg(p.pid, signal.SIGKILL)
+    assert p.returncode == 130 and "Traceback" not in stderr, stderr
+    last = "selfalign: interrupted during aaa_slow/demo, bbb_slow/demo; 0 of 3 notebook(s) finished, not run: ccc_never/demo"
+    assert stderr.strip().splitlines()[-1] == last, stderr
+    cores = len(os.sched_getaffinity(0))
+    for d in slow:
+        assert json.loads((d / "INCOMPLETE.json").read_text())["status"] == "interrupted"
+        assert json.loads((d / "config.json").read_text())["threads"] == str(max(1, cores // 2))
+    report = (out / "REPORT.md").read_text()
+    assert report.index("| aaa_slow | demo | tiny | INTERRUPTED |") < report.index("| bbb_slow | demo | tiny | INTERRUPTED |")
+    assert not (out / "ccc_never").exists()
+
+
+@pytest.mark.parametrize("value, scale, n, expected", [("auto", "tiny", 6, None), ("auto", "small", 6, 1), ("3", "tiny", 2, 2),
+                                                       ("1", "paper", 6, 1)])
+def test_parallel_jobs(value, scale, n, expected):
+    from selfalign.cli import parallel_jobs
+    assert parallel_jobs(value, scale, n) == (expected or min(n, len(os.sched_getaffinity(0))))
+
+
+def test_bad_jobs_value_is_refused(tmp_path, capsys):
+    assert main(["reproduce", "_template", "--out", str(tmp_path), "--jobs", "0"]) == 2
+    assert "--jobs 0: give a number ≥ 1 or 'auto'" in capsys.readouterr().err
