@@ -69,7 +69,7 @@ install-browser:  ## Debian's chromium (the docs site's browser test); skipped w
 	  $(SUDO) apt-get update -q >/dev/null && $(SUDO) apt-get install -y -q --no-install-recommends chromium >/dev/null; }; }
 
 reproduce: install  ## the main job: every paper at the tiny scale, into runs/
-	$(BIN)/selfalign reproduce all --scale tiny --out runs
+	$(BIN)/selfalign reproduce all --scale tiny --out runs --jobs auto
 
 test: install install-small install-vllm install-docs install-browser  ## the test suite (executes every notebook)
 	SELFALIGN_REQUIRE_VLLM=1 $(BIN)/python -m pytest -n 2 --dist loadgroup

@@ -2,6 +2,7 @@
 
     python docs/build.py build [--runs runs] [--out docs/_build/html]   # the site (make docs)
     python docs/build.py outputs [nbs/<layer>/NN_name.ipynb | nbs/<layer> ...]   # re-execute, keep clean outputs
+    python docs/build.py claims [--runs runs]   # the method pages' claims tables from the latest tiny runs, in place
 
 The site is Sphinx + myst-nb with the book theme. Every `nbs/**/NN_*.ipynb` becomes a page at
 `nbs/<layer>/NN_name.html` (found by globbing at build time, so a notebook added to any folder shows up), and the
@@ -12,7 +13,9 @@ documented parameters, docstring), as `nbdev-docs` does with `show_doc`. The API
 one page per module named after it (`api/objectives.losses.html`), grouped by layer too, with nbdev's docments comments
 as parameter descriptions. Each paper gets a reproductions page read from the latest run folder
 (`runs/<paper>/<config>/metrics.json` and its figures). MathJax is served from the site itself (the
-`jupyter-server-mathjax` wheel), so the site works without a network.
+`jupyter-server-mathjax` wheel), so the site works without a network. A method page's claims table whose last column
+is headed "latest tiny run" gets that column from the latest tiny runs (value, 95% interval, verdict), on the site and,
+with `claims`, in the page's source.
 """
 from __future__ import annotations
 
@@ -169,6 +172,46 @@ def latest_runs(runs: Path, paper: str) -> list[Path]:
     return sorted(found, key=lambda p: (-(p / "metrics.json").stat().st_mtime, p.name))
 
 
+MEASURED = "latest tiny run"  # the claims-table column of a method page that the latest runs fill
+
+
+def latest_claims(runs: Path, scale: str = "tiny") -> dict[str, tuple[str, dict]]:
+    "Claim id -> (run label, claim) over every paper's latest complete run at `scale` (the newest run wins an id)."
+    from selfalign.report import read_metrics
+    found: dict[str, tuple[str, dict]] = {}
+    for paper in sorted(p.name for p in PAPERS.iterdir() if p.is_dir() and not p.name.startswith("_")):
+        for run in reversed(latest_runs(runs, paper)):  # oldest first: a newer run overwrites
+            m = read_metrics(run / "metrics.json")
+            if m.get("scale") != scale: continue
+            seeds = m.get("seeds") or [m["seed"]]
+            label = f"{paper}/{m['config']}, seed{'s' if len(seeds) > 1 else ''} {', '.join(map(str, seeds))}"
+            for c in m["claims"]: found[c["id"]] = (label, c)
+    return found
+
+
+def measured_cell(c: dict) -> str:
+    "A claim as one table cell: value, 95% interval, verdict (holds in bold)."
+    from selfalign.report import _fmt, claim_cells
+    verdict = claim_cells(c)[4]
+    return " ".join([_fmt(c["value"]), *([_fmt(c["ci95"])] if c.get("ci95") else []), verdict])
+
+
+def fill_measured(page: str, claims: dict[str, tuple[str, dict]]) -> str:
+    """A method page with the last column of its claims tables — the tables whose last header cell is `MEASURED` —
+    filled from `claims` (`latest_claims`) by the claim id in each row's first cell; an id no run wrote reads "not run"."""
+    out, in_table = [], False
+    for line in page.split("\n"):
+        cells = line.strip().strip("|").split("|") if line.startswith("|") else None
+        if cells is None: in_table = False
+        elif cells[-1].strip() == MEASURED: in_table = True
+        elif in_table and not set(line) <= set("|-: "):
+            cid = cells[0].strip().strip("`")
+            cells[-1] = " " + (measured_cell(claims[cid][1]) if cid in claims else "not run") + " "
+            line = "|" + "|".join(cells) + "|"
+        out.append(line)
+    return "\n".join(out)
+
+
 def reproduction_page(paper: str, run_dirs: list[Path], dest: Path) -> str:
     "The markdown of a paper's reproductions page; its figures are copied beside it under `dest`."
     from selfalign.report import CLAIM_HEADER, _fmt, _md_table, _table_rows, claim_cells, read_metrics, verdict_counts
@@ -244,6 +287,8 @@ def assemble(src: Path, runs: Path) -> dict:
     src.mkdir(parents=True)
     for f in ("conf.py", "index.md"): shutil.copy2(DOCS / f, src / f)
     shutil.copytree(DOCS / "methods", src / "methods")
+    claims = latest_claims(runs)  # the method pages' claims tables show the latest tiny runs
+    for page in (src / "methods").glob("*.md"): page.write_text(fill_measured(page.read_text(encoding="utf-8"), claims), encoding="utf-8")
     shutil.copy2(ROOT / "README.md", src / "README.md")
     # notebooks: nbs/<layer>/NN_name.ipynb -> the page nbs/<layer>/NN_name.html, listed by layer on nbs/index
     (src / "nbs").mkdir()
@@ -355,6 +400,8 @@ def main(argv=None) -> int:
     b = sub.add_parser("build", help="build the site")
     b.add_argument("--runs", default=str(ROOT / "runs"), help="the reproduce output folder to read (default: runs/)")
     b.add_argument("--out", default=str(DOCS / "_build" / "html"), help="where the HTML goes")
+    c = sub.add_parser("claims", help=f"fill the '{MEASURED}' column of docs/methods/*.md from the latest runs, in place")
+    c.add_argument("--runs", default=str(ROOT / "runs"), help="the reproduce output folder to read (default: runs/)")
     o = sub.add_parser("outputs", help="re-execute notebooks and save their cleaned outputs")
     o.add_argument("notebooks", nargs="*", help="notebooks or folders of them (default: every nbs/**/NN_*.ipynb)")
     a = ap.parse_args(argv)
@@ -363,6 +410,11 @@ def main(argv=None) -> int:
         print(f"docs: {len(info['notebooks'])} notebooks, {len(info['modules'])} modules, reproductions "
               + ", ".join(f"{p} ({len(r)} run{'s' if len(r) != 1 else ''})" for p, r in info["papers"].items()))
         print(f"docs: {info['index']}")
+    elif a.cmd == "claims":
+        claims = latest_claims(Path(a.runs).resolve())
+        for page in sorted((DOCS / "methods").glob("*.md")):
+            text = page.read_text(encoding="utf-8"); new = fill_measured(text, claims)
+            if new != text: page.write_text(new, encoding="utf-8"); print(f"docs: {page.relative_to(ROOT)} updated")
     else:
         paths = [q for p in map(Path, a.notebooks) for q in (find_notebooks(p.resolve()) if p.is_dir() else [p.resolve()])]
         if a.notebooks and not paths: raise SystemExit(f"no notebooks in {' '.join(a.notebooks)}")

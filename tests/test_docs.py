@@ -68,7 +68,8 @@ def test_pages_cover_methods_notebooks_api_and_reproductions(site):
     for mod in build.api_modules(): assert (site / "api" / f"{mod}.html").exists(), mod  # one page per module
     assert {"core.base", "objectives.losses", "bands.dpo", "cli"} <= set(build.api_modules())
     for m in ("dpo", "dlma", "almost", "self_contrast", "salmon"):
-        assert (site / "methods" / f"{m}.html").exists(), m
+        page = (site / "methods" / f"{m}.html").read_text(encoding="utf-8")
+        assert "latest tiny run" in page and "not run<" not in page, m  # the claims table, filled from the tiny runs
     assert 'href="../nbs/bands/12_dpo.html"' in (site / "methods" / "dpo.html").read_text(encoding="utf-8")
     dpo = (site / "reproductions" / "dpo.html").read_text(encoding="utf-8")
     assert "dpo-rm-accuracy" in dpo and "frontier.png" in dpo
@@ -159,3 +160,20 @@ def test_make_docs_builds_the_site_with_pinned_requirements():
     pins = [p for p in pins if p]
     assert pins and all("==" in p for p in pins), pins
     assert {"sphinx", "myst-nb", "sphinx-book-theme", "jupyter-server-mathjax"} <= {p.split("==")[0] for p in pins}
+
+
+def test_method_pages_claims_column_comes_from_the_latest_runs():
+    "`fill_measured`: a claims table whose last header is 'latest tiny run' gets value, interval and verdict by claim id."
+    page = ("Text | not a table\n\n| claim | what it states | latest tiny run |\n|---|---|---|\n"
+            "| `a-holds` | A holds | stale |\n| `b-missing` | B | stale |\n\n| claim | other | one run |\n|---|---|---|\n| `a-holds` | x | kept |\n")
+    claims = {"a-holds": ("p/main, seed 0", {"id": "a-holds", "value": 0.571, "ci95": [0.525, 0.617], "threshold": 0.5,
+                                              "verdict": "holds", "holds": True, "statement": "A holds"})}
+    out = build.fill_measured(page, claims).splitlines()
+    assert out[4] == "| `a-holds` | A holds | 0.571 [0.525, 0.617] **holds** |"
+    assert out[5] == "| `b-missing` | B | not run |"
+    assert out[-1] == "| `a-holds` | x | kept |" and out[:2] == page.splitlines()[:2]  # another table, and prose, untouched
+    for path in sorted((ROOT / "docs" / "methods").glob("*.md")):  # every method page has such a table, one row per claim id
+        text = path.read_text(encoding="utf-8")
+        assert f"| {build.MEASURED} |" in text, path.name
+        rows = [l for l in build.fill_measured(text, {}).splitlines() if l.endswith("| not run |")]
+        assert rows and all(re.match(r"\| `[a-z0-9-]+` \|", l) for l in rows), path.name
