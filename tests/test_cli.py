@@ -301,7 +301,7 @@ def test_jobs_run_notebooks_at_once_and_ctrl_c_stops_them_all(tmp_path):
                                                        ("1", "paper", 6, 1)])
 def test_parallel_jobs(value, scale, n, expected):
     from selfalign.cli import parallel_jobs
-    assert parallel_jobs(value, scale, n) == (expected or min(n, len(os.sched_getaffinity(0))))
+    assert parallel_jobs(value, scale, n) == (expected or max(1, min(n, len(os.sched_getaffinity(0)) // 2)))
 
 
 def test_bad_jobs_value_is_refused(tmp_path, capsys):
