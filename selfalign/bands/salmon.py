@@ -442,8 +442,9 @@ def evaluate_salmon(cfg: SALMONBandConfig, trained: dict, tokenizer, prompts: Se
         e = estimate(scores)
         row = {"policy": name, "gold": e.mean, "gold_ci95": list(e.ci95), **judge.rates(prompts, texts),
                **{k: float(np.mean([b[k] for b in bad])) for k in ("padding", "self_reference", "no_stop")},
-               "forbidden": float(np.mean(per[name]["forbidden"])), "words": float(np.mean([len(t.split()) for t in texts])), "n": len(prompts)}
-        if steer is not None: row[f"{cfg.steer_principle}_aspect"] = float(np.mean(steer))
+               "forbidden": float(np.mean(per[name]["forbidden"])), "forbidden_ci95": list(estimate(per[name]["forbidden"]).ci95),
+               "words": float(np.mean([len(t.split()) for t in texts])), "n": len(prompts)}
+        if steer is not None: row[f"{cfg.steer_principle}_aspect"], row[f"{cfg.steer_principle}_aspect_ci95"] = float(np.mean(steer)), list(estimate(steer).ci95)
         rows.append(row)
         samples += [{"policy": name, "prompt": p.text, "kind": p.kind, "response": t, "gold": float(s)} for p, t, s in zip(prompts, texts, scores)]
     for r in rows:
@@ -620,8 +621,9 @@ def plot_salmon(cfg: SALMONBandConfig, res: dict):
     pol = res["policies"]
     x = np.arange(len(pol))
     key = f"{cfg.steer_principle}_aspect"
-    if key in pol[0]: axs[3].bar(x - 0.2, [r[key] for r in pol], 0.4, color="#55a868", label=f"'{cfg.steer_principle}' aspect")
-    axs[3].bar(x + 0.2, [r["forbidden"] for r in pol], 0.4, color="#8172b2", label="forbidden behaviour share")
+    err = lambda k: [[r[k] - r[f"{k}_ci95"][0] for r in pol], [r[f"{k}_ci95"][1] - r[k] for r in pol]]
+    if key in pol[0]: axs[3].bar(x - 0.2, [r[key] for r in pol], 0.4, yerr=err(key), capsize=2, color="#55a868", label=f"'{cfg.steer_principle}' aspect")
+    axs[3].bar(x + 0.2, [r["forbidden"] for r in pol], 0.4, yerr=err("forbidden"), capsize=2, color="#8172b2", label="forbidden behaviour share")
     axs[3].set_xticks(x, [r["policy"].replace("SALMON-", "") for r in pol], rotation=20, fontsize=8); axs[3].set_ylim(0, 1)
     axs[3].legend(fontsize=7); axs[3].set_title("steering and the guard, held-out prompts", fontsize=10)
     fig.tight_layout()
