@@ -14,6 +14,7 @@ from transformers import LlamaConfig, LlamaForCausalLM
 
 from selfalign.world import models as wm
 from selfalign.cli import main
+from selfalign.core.base import current_umask
 from selfalign.data.records import SFTExample
 from selfalign.models.loader import model_fingerprint, tiny_causal_lm, train_tokenizer
 from selfalign.world.models import (ModelShape, TrainConfig, WorldBuildConfig, build_world, check_reproducible,
@@ -156,6 +157,7 @@ def test_build_world_writes_every_artefact(built):
         assert len(st["first_losses"]) == 20 and st["steps"] == 25 and st["seconds"] >= 0 and st["params"] > 0
         safetensors = d / s / "model.safetensors"
         assert safetensors.stat().st_size < 2.2 * st["params"] + 4096  # stored in bf16
+        assert safetensors.stat().st_mode & 0o777 == 0o666 & ~current_umask()  # the umask's mode, not safetensors' 0600
     assert set(on_disk["seconds"]) >= {"data", "tokenizer", "base-small", "base-large", "sft", "total"}
 
 

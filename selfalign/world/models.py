@@ -23,7 +23,7 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedTokenizerFast
 from ..core.base import StageConfig, atomic_write_json
 from ..data.records import SFTExample
-from ..models.loader import model_fingerprint, tiny_causal_lm, train_tokenizer
+from ..models.loader import apply_umask, model_fingerprint, tiny_causal_lm, train_tokenizer
 
 # %% ../../nbs/world/07_models.ipynb #74c1b451
 @dataclass(frozen=True)
@@ -242,6 +242,7 @@ def world_tokenizer(docs: list[str], cfg: WorldBuildConfig):
 def _save_bf16(model, path: Path):
     "Save `model` to `path` with bf16 weights; round `model`'s own weights to bf16 values (kept fp32)."
     model.to(torch.bfloat16).save_pretrained(path, safe_serialization=True)
+    apply_umask(path)  # safetensors writes 0600: the files get the mode any other output has
     model.to(torch.float32)
     return model
 
