@@ -1,7 +1,6 @@
 """The `selfalign` command: run paper reproductions with papermill.
 
-    selfalign reproduce <paper|all> --scale tiny|small|paper --out DIR [-c CONFIG] [-f params.yaml ...] [-p NAME VALUE ...]
-                        [--jobs N|auto]
+    selfalign reproduce <paper|all> --scale tiny|small|paper --out DIR [-c CONFIG] [-f params.yaml ...] [-p NAME VALUE ...] [--jobs N|auto]
     selfalign world build [--out DIR] [--seed N] [--config build.json] [--force]
 
 A paper is a folder `papers/<paper>/` holding a parameterised notebook (`reproduce.ipynb` unless a config names
