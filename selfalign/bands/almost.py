@@ -110,7 +110,7 @@ from ..eval.benchmarks.hhh import hhh_accuracy
 from ..eval.benchmarks.truthfulqa import mc1_accuracy
 from ..trainers.stages import RewardStageConfig, SFTStageConfig, StageResult, load_reward_model, reward_model_from, reward_scores
 from ..world import base as W
-from .base import (BandConfig, Row, load_checkpoint, load_policy, make_judge, merged, prompt_source, rm_judge,
+from .base import (SHARED_JUDGES, BandConfig, Row, load_checkpoint, load_policy, make_judge, merged, prompt_source, rm_judge,
                                   read_json_exact, round_rows, train_ppo_row, train_stage, write_json_exact)
 
 # %% ../../nbs/bands/30_almost.ipynb #0f347f34
@@ -174,7 +174,7 @@ class ALMoSTBandConfig(BandConfig):
     def __post_init__(self):
         super().__post_init__()
         if self.template not in ("world", "hhh"): raise ValueError(f"template must be world or hhh, got {self.template!r}")
-        if self.judge not in ("oracle", "proxy"): raise ValueError(f"judge must be oracle or proxy, got {self.judge!r}")
+        if self.judge not in SHARED_JUDGES: raise ValueError(f"judge must be one of {SHARED_JUDGES}, got {self.judge!r}")
         if max(self.bon_ns) > self.rmsp_n: raise ValueError(f"bon_ns {self.bon_ns} exceed rmsp_n {self.rmsp_n}")
         for name in self.configurations():
             model, _, _ = config_parts(name)
@@ -510,7 +510,7 @@ class ALMoSTBand:
         else: responses = configuration_responses(cfg, texts, progress)
         (out / "responses").mkdir(exist_ok=True)
         for c, rs in responses.items(): rd.write_json(f"responses/{c}.json", rs)
-        judge = make_judge(cfg.judge)
+        judge = make_judge(cfg)
         acc, pairs_by, per_query = label_accuracy(cfg, queries, responses, judge)
         pairs, qs, gold = pairs_by["main"]
         synthetic, gold_pairs = rm_pairs(pairs, qs), rm_pairs(pairs, qs, gold)
@@ -533,7 +533,7 @@ class ALMoSTBand:
             if row.name == "RM (synthetic)": self.rm = res.model if res.model is not None else load_reward_model(res.final_dir, cfg.dtype)
             return res
         if row.kind == "rmsp":
-            demos, curve, counts = rmsp(cfg, self.rm, tokenizer, row.data, make_judge(cfg.judge))
+            demos, curve, counts = rmsp(cfg, self.rm, tokenizer, row.data, make_judge(cfg))
             if not demos: raise DataError(f"RMSP kept no demonstration from {counts}; raise rmsp_queries or lower min_chars")
             self.rmsp = {"best_of_n": curve, "counts": counts}
             write_json_exact(out / "rmsp.json", self.rmsp)  # for a later run that reuses this row
@@ -552,7 +552,7 @@ class ALMoSTBand:
         if row.kind == "rmsp": self.rmsp = read_json_exact(out / "rmsp.json")
 
     def evaluate(self, cfg: ALMoSTBandConfig, data: dict, trained: dict, tokenizer, progress=print) -> dict:
-        judge = make_judge(cfg.judge)
+        judge = make_judge(cfg)
         prompts = [BandPrompt(p.text, p.kind, render_query(cfg, p.text)) for p in prompt_source(cfg, tokenizer).prompts(cfg.n_eval, "test")]
         rows, pairwise, samples, texts, outcomes = evaluate_almost(cfg, trained, tokenizer, prompts, judge, progress)
         a, b = texts["SFT (demonstrations)"], texts[f"prompted base ({cfg.best()})"]

@@ -15,17 +15,19 @@ from pathlib import Path
 from typing import Any, Callable, ClassVar, Protocol, Sequence
 
 # %% auto #0
-__all__ = ['ROW_MARKER', 'DATA_CACHE', 'TrainSpec', 'BandConfig', 'load_policy', 'policy_files', 'train_stage', 'OfflinePrompts',
-           'HHRLHFPrompts', 'OASST1Prompts', 'prompt_source', 'make_judge', 'Row', 'TrainedRow', 'Band', 'run_band',
-           'run_seeds', 'load_checkpoint', 'encode_data', 'decode_data', 'write_json_exact', 'read_json_exact',
-           'fingerprint', 'band_fingerprint', 'row_fingerprint', 'finished_row', 'mark_row', 'resume_or_train',
-           'cached_data', 'cache_data', 'merged', 'rm_judge', 'train_ppo_row', 'round_rows', 'response_sep']
+__all__ = ['SHARED_JUDGES', 'ROW_MARKER', 'DATA_CACHE', 'TrainSpec', 'BandConfig', 'load_policy', 'policy_files', 'train_stage',
+           'OfflinePrompts', 'HHRLHFPrompts', 'OASST1Prompts', 'prompt_source', 'llm_judge_cache_dir', 'make_judge',
+           'judge_usage', 'Row', 'TrainedRow', 'Band', 'run_band', 'run_seeds', 'load_checkpoint', 'encode_data',
+           'decode_data', 'write_json_exact', 'read_json_exact', 'fingerprint', 'band_fingerprint', 'row_fingerprint',
+           'finished_row', 'mark_row', 'resume_or_train', 'cached_data', 'cache_data', 'merged', 'rm_judge',
+           'train_ppo_row', 'round_rows', 'response_sep']
 
 # %% ../../nbs/bands/00_base.ipynb #447e23f6
 import numpy as np
 from .. import __version__
 from ..core.base import RunDir, StageConfig, atomic_write_json, atomic_write_text, concat_outcomes, seed_everything, seed_rows
 from ..judges.base import BandPrompt, JudgeUnavailable, RewardModelJudge
+from ..judges.llm import LLMJudge
 from ..judges.proxy import ProxyJudge
 from ..models.loader import LoraSpec, load_model, load_smollm2, model_fingerprint, smollm2_dir
 from ..trainers.launch import LaunchConfig, StageJob, launch, run_job
@@ -62,7 +64,11 @@ class BandConfig(TrainSpec):
     prompts: str = "world"  # where prompts come from (see `prompt_source`)
     pairs_files: str | None = None  # local files in the hub dataset's schema (None: the hub)
     prompts_files: str | None = None  # local files of a hub prompt source (`prompts: oasst1`) in its schema (None: the hub)
-    judge: str = "oracle"  # "oracle" (world), "proxy" (refusal-and-topicality) or a band's own (e.g. "rm")
+    judge: str = "oracle"  # "oracle" (world), "proxy" (refusal-and-topicality), "llm" (a chat model grades 1–10) or a band's own (e.g. "rm")
+    judge_model: str | None = None  # judge "llm": the model the endpoint serves (e.g. "gpt-4o", or what a local vLLM serves)
+    judge_base_url: str | None = None  # judge "llm": the OpenAI-compatible endpoint, e.g. http://127.0.0.1:8000/v1 (None: OpenAI's)
+    judge_api_key_env: str = "OPENAI_API_KEY"  # judge "llm": the environment variable holding its key (the key is never written)
+    judge_cache: str | None = None  # judge "llm": folder of its verdict cache (None: `llm_judge_cache_dir()`): a re-run pays nothing
     n_prompts: int = 900  # training prompts
     n_eval: int = 200  # held-out evaluation prompts
     max_new_tokens: int = 48  # longest sampled response
@@ -81,10 +87,12 @@ class BandConfig(TrainSpec):
     accelerate_config: str | None = None  # your own accelerate YAML (default: the engine's, in selfalign/configs/)
     deepspeed_config: str | None = None  # your own DeepSpeed JSON for zero2/zero3
     report_to: str = "none"  # trackers for every stage's metrics: "tensorboard", "wandb" (offline), comma-separated
-    OPTIONAL: ClassVar[tuple[str, ...]] = ("pairs_files", "prompts_files", "quantization", "accelerate_config", "deepspeed_config")  # "" in a parameter means None
+    OPTIONAL: ClassVar[tuple[str, ...]] = ("pairs_files", "prompts_files", "judge_model", "judge_base_url", "judge_cache", "quantization", "accelerate_config", "deepspeed_config")  # "" in a parameter means None
 
     def __post_init__(self):
         if self.judge == "oracle" and self.prompts != "world": raise ValueError("the oracle judges world prompts only")
+        if self.judge == "llm" and not self.judge_model:
+            raise ValueError("judge 'llm' needs judge_model (the model its endpoint serves): -p judge_model NAME [-p judge_base_url URL]")
         self.launch_config().per_rank(self.batch_size, self.grad_accum)  # fails early, naming the fields, when they do not fit
 
     def train_spec(self, **changes) -> TrainSpec:
@@ -184,12 +192,33 @@ def prompt_source(cfg: BandConfig, tokenizer):
     if cfg.prompts == "oasst1": return OASST1Prompts(tokenizer, cfg.prompts_files)
     raise ValueError(f"unknown prompts {cfg.prompts!r}: 'world', 'offline', 'hh-rlhf' or 'oasst1'")
 
-def make_judge(name: str):
-    "The `Judge` named `name`: 'oracle' or 'proxy'. Other judges (a trained reward model) are built by their band."
+SHARED_JUDGES = ("oracle", "proxy", "llm")  # the judges `make_judge` builds for any band
+
+def llm_judge_cache_dir() -> Path:
+    "Where LLM judges cache their verdicts unless a config says `judge_cache`: `$XDG_CACHE_HOME/selfalign`, else `~/.cache/selfalign`."
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "selfalign"
+
+_LLM_JUDGES: dict = {}  # one `LLMJudge` per (model, endpoint, key variable, cache) in a process, so its usage adds up
+
+def make_judge(judge: "str | BandConfig"):
+    """The `Judge` a band config names (or the one named `judge`): 'oracle', 'proxy', or 'llm', an `LLMJudge` grading
+    each response 1–10 over the config's endpoint (the same object for the same endpoint). Other judges (a trained
+    reward model) are built by their band."""
+    name = judge if isinstance(judge, str) else judge.judge
     if name == "oracle": return OracleJudge()
     if name == "proxy": return ProxyJudge()
-    raise JudgeUnavailable(f"judge {name!r} is not one the band layer can build ('oracle', 'proxy'); "
+    if name == "llm":
+        if isinstance(judge, str) or not judge.judge_model:
+            raise JudgeUnavailable("the LLM judge is built from a band config naming judge_model (and judge_base_url for a server other than OpenAI's)")
+        key = (judge.judge_model, judge.judge_base_url, judge.judge_api_key_env, str(judge.judge_cache or llm_judge_cache_dir()))
+        if key not in _LLM_JUDGES: _LLM_JUDGES[key] = LLMJudge(key[0], base_url=key[1], api_key_env=key[2], cache_dir=key[3])
+        return _LLM_JUDGES[key]
+    raise JudgeUnavailable(f"judge {name!r} is not one the band layer can build {SHARED_JUDGES}; "
                            "a reward-model judge exists only once its band has trained it")
+
+def judge_usage(cfg: "BandConfig") -> dict | None:
+    "The calls, tokens, cache hits, retries and unparseable verdicts of the config's LLM judge so far (None: not an LLM judge)."
+    return dict(make_judge(cfg).usage) if cfg.judge == "llm" else None
 
 # %% ../../nbs/bands/00_base.ipynb #4f7816e6
 @dataclass
@@ -234,7 +263,7 @@ def run_band(band: Band, cfg: BandConfig, out: str | Path, progress: Callable = 
     if len(cfg.seeds) > 1: return run_seeds(band, cfg, out, progress)
     if cfg.seeds: cfg = cfg.replace(seed=cfg.seeds[0], seeds=())
     out = Path(out); out.mkdir(parents=True, exist_ok=True); t0 = time.perf_counter(); secs = {}
-    cfg.to_json(out / "band_config.json"); seed_everything(cfg.seed)
+    cfg.to_json(out / "band_config.json"); seed_everything(cfg.seed); u0 = judge_usage(cfg)
     policy, tok = load_policy(cfg.policy, cfg.dtype)
     run_fp = band_fingerprint(band, cfg, policy)
     data = cached_data(out, run_fp)
@@ -257,6 +286,7 @@ def run_band(band: Band, cfg: BandConfig, out: str | Path, progress: Callable = 
     results["claims"] = band.claims(cfg, data, results)
     results["seconds"] = {k: round(v, 1) for k, v in secs.items()}
     results["resumed"], results["seeds"] = resumed, [cfg.seed]
+    if u0 is not None: results["judge_usage"] = {k: v - u0[k] for k, v in judge_usage(cfg).items()}  # this run's calls
     atomic_write_json(out / "results.json", results)
     RunDir(out).write_jsonl("samples.jsonl", samples)
     return results
@@ -274,6 +304,7 @@ def run_seeds(band: Band, cfg: BandConfig, out: str | Path, progress: Callable =
     pooled["claims"] = band.claims(cfg.replace(seed=cfg.seeds[0], seeds=()), None, pooled)
     pooled["claims_by_seed"] = seed_rows({s: r["claims"] for s, r in runs.items()}, pooled["claims"])
     pooled["seconds"] = {k: round(sum(r["seconds"].get(k, 0.0) for r in runs.values()), 1) for k in first["seconds"]}
+    if "judge_usage" in first: pooled["judge_usage"] = {k: sum(r["judge_usage"][k] for r in runs.values()) for k in first["judge_usage"]}
     atomic_write_json(out / "results.json", pooled)
     return pooled
 

@@ -29,7 +29,7 @@ from ..judges.selfjudge import two_order_scores
 from ..judges.selfreward import self_reward_margins
 from ..trainers.stages import PreferenceStageConfig, SFTStageConfig, StageResult
 from ..world import base as W
-from .base import (BandConfig, Row, load_checkpoint, load_policy, make_judge, prompt_source, response_sep,
+from .base import (SHARED_JUDGES, BandConfig, Row, load_checkpoint, load_policy, make_judge, prompt_source, response_sep,
                                   round_rows, train_stage)
 
 # %% ../../nbs/bands/20_dlma.ipynb #839e8b21
@@ -104,7 +104,7 @@ class DLMABandConfig(BandConfig):
         bad = [m for m in self.methods if m not in METHODS]
         if bad: raise ValueError(f"unknown methods {bad}; known: {list(METHODS)}")
         if "SFT" not in self.methods: raise ValueError("methods must include SFT, the baseline every row is compared with")
-        if self.judge not in ("oracle", "proxy"): raise ValueError(f"judge must be oracle or proxy, got {self.judge!r}")
+        if self.judge not in SHARED_JUDGES: raise ValueError(f"judge must be one of {SHARED_JUDGES}, got {self.judge!r}")
         if self.margin_range <= 0: raise ValueError(f"margin_range must be positive, got {self.margin_range}")
 
 # %% ../../nbs/bands/20_dlma.ipynb #b6b5b9df
@@ -266,7 +266,7 @@ class DLMABand:
         if len(rows) < 2: raise DataError(f"only {len(rows)} contrastive pairs ({counts}); raise n_prompts")
         progress(f"self-reward and labels for {len(rows)} pairs")
         margins = self_reward_margins(policy, tokenizer, rows)
-        labels = {"RLAIF": rlaif_labels(policy, tokenizer, rows, cfg.template), "RLHF": gold_labels(make_judge(cfg.judge), rows)}
+        labels = {"RLAIF": rlaif_labels(policy, tokenizer, rows, cfg.template), "RLHF": gold_labels(make_judge(cfg), rows)}
         by = {"self-reward (DLMA)": margins, "RLAIF judge": labels["RLAIF"], "RLCD polarity": np.ones(len(rows))}
         acc, correct = label_accuracy(labels["RLHF"], by), label_correct(labels["RLHF"], by)
         RunDir(out).write_jsonl("pairs.jsonl", [{**r, "margin": float(m), "rlaif": int(a), "gold": int(g)}
@@ -277,7 +277,7 @@ class DLMABand:
     def train_row(self, cfg, row, tokenizer, out, trained): return train_dlma_row(cfg, row, tokenizer, out, trained)
 
     def evaluate(self, cfg: DLMABandConfig, data: dict, trained: dict, tokenizer, progress=print) -> dict:
-        judge = make_judge(cfg.judge)
+        judge = make_judge(cfg)
         table, samples, per = evaluate_methods(cfg, trained, tokenizer, dlma_prompts(cfg, tokenizer, cfg.n_eval, "test"), judge, progress)
         main = [r for r in table if r["method"] in METHODS]
         abl = [r for r in table if r["method"].startswith("DLMA")]

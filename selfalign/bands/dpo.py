@@ -25,7 +25,7 @@ from ..judges.base import BandPrompt, prefer_scores
 from ..models.loader import apply_umask
 from ..trainers.stages import (PreferenceStageConfig, RewardStageConfig, SFTStageConfig, StageResult, phase_split,
                                        load_reward_model, reward_model_from, reward_scores)
-from .base import (BandConfig, Row, load_checkpoint, load_policy, make_judge, merged, prompt_source, rm_judge,
+from .base import (SHARED_JUDGES, BandConfig, Row, load_checkpoint, load_policy, make_judge, merged, prompt_source, rm_judge,
                                   round_rows, train_ppo_row, train_stage)
 
 # %% ../../nbs/bands/12_dpo.ipynb #afcac1fe
@@ -58,7 +58,7 @@ class DPOBandConfig(BandConfig):
     def __post_init__(self):
         super().__post_init__()
         if self.beta not in self.betas: raise ValueError(f"beta {self.beta} must be one of betas {self.betas}")
-        if self.judge not in ("oracle", "proxy", "rm"): raise ValueError(f"judge must be oracle, proxy or rm, got {self.judge!r}")
+        if self.judge not in (*SHARED_JUDGES, "rm"): raise ValueError(f"judge must be one of {(*SHARED_JUDGES, 'rm')}, got {self.judge!r}")
         if self.judge == "rm" and self.pairs == "sampled": raise ValueError("sampled pairs need a judge other than the RM they train")
 
 # %% ../../nbs/bands/12_dpo.ipynb #d77504df
@@ -68,7 +68,7 @@ def band_prompts(cfg: DPOBandConfig, tokenizer, n: int, split: str) -> list[Band
 
 def pair_judge(cfg: DPOBandConfig):
     "The judge that labels sampled pairs (and evaluates, unless it is the trained reward model)."
-    return make_judge(cfg.judge)
+    return make_judge(cfg)
 
 # %% ../../nbs/bands/12_dpo.ipynb #b8414d54
 def sampled_pairs(cfg: DPOBandConfig, model, tokenizer, prompts: Sequence[BandPrompt], judge, seed: int | None = None

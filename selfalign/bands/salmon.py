@@ -33,7 +33,7 @@ from ..judges.base import BandPrompt, prefer_scores
 from ..judges.selfjudge import agreeing_labels, order_scores
 from ..trainers.stages import RewardStageConfig, StageResult, load_reward_model, reward_model_from, reward_scores
 from ..world import base as W
-from .base import (BandConfig, Row, load_checkpoint, load_policy, make_judge, prompt_source, round_rows,
+from .base import (SHARED_JUDGES, BandConfig, Row, load_checkpoint, load_policy, make_judge, prompt_source, round_rows,
                                   train_ppo_row, train_stage)
 
 # %% ../../nbs/bands/50_salmon.ipynb #004f4058
@@ -243,7 +243,7 @@ class SALMONBandConfig(BandConfig):
     def __post_init__(self):
         super().__post_init__()
         if self.template not in ("world", "chatml", "text"): raise ValueError(f"template must be world, chatml or text, got {self.template!r}")
-        if self.judge not in ("oracle", "proxy"): raise ValueError(f"judge must be oracle or proxy, got {self.judge!r}")
+        if self.judge not in SHARED_JUDGES: raise ValueError(f"judge must be one of {SHARED_JUDGES}, got {self.judge!r}")
         if self.label_rule not in ("agree", "sum"): raise ValueError(f"label_rule must be agree or sum, got {self.label_rule!r}")
         if self.pmp not in PMP_SOURCES: raise ValueError(f"pmp must be one of {PMP_SOURCES}, got {self.pmp!r}")
         if len(self.judge_verdicts) != 2: raise ValueError(f"judge_verdicts: two strings, got {list(self.judge_verdicts)}")
@@ -491,7 +491,7 @@ class SALMONBand:
 
     def build_data(self, cfg: SALMONBandConfig, policy, tokenizer, out: Path, progress=print) -> dict:
         "Pairs, their principle judgements, the aggregated rows as RM pairs, the PMP pairs, the RL prompts, the RM test pairs."
-        rd, judge, ps = RunDir(out), make_judge(cfg.judge), cfg.principles()
+        rd, judge, ps = RunDir(out), make_judge(cfg), cfg.principles()
         jt, rt = cfg.templates()
         src = prompt_source(cfg, tokenizer)
         train = src.prompts(cfg.n_prompts + (cfg.pmp_prompts if cfg.pmp == "judge" else 0), "train")
@@ -558,7 +558,7 @@ class SALMONBand:
         if row.kind == "reward": self.rms[row.name] = load_reward_model(done.checkpoint, cfg.dtype)
 
     def evaluate(self, cfg: SALMONBandConfig, data: dict, trained: dict, tokenizer, progress=print) -> dict:
-        judge = make_judge(cfg.judge)
+        judge = make_judge(cfg)
         tkept, tpairs, taspects, tgold = data["rm_test"]
         rms = {}
         for name in [n for n in RM_ROWS if n in trained]:

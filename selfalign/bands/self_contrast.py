@@ -32,7 +32,7 @@ from ..judges.base import BandPrompt
 from ..judges.embeddings import CachedEmbedder, MiniLMEmbedder, UAEEmbedder, select_negatives
 from ..trainers.stages import PreferenceStageConfig, StageResult
 from ..world import base as W
-from .base import BandConfig, Row, load_checkpoint, load_policy, make_judge, response_sep, round_rows, train_stage
+from .base import SHARED_JUDGES, BandConfig, Row, load_checkpoint, load_policy, make_judge, response_sep, round_rows, train_stage
 
 # %% ../../nbs/bands/42_self_contrast.ipynb #895d58bd
 BASELINES = ("SFT", "DPO_std", "SPIN")
@@ -70,7 +70,7 @@ class SelfContrastConfig(BandConfig):
         if self.template not in ("world", "chat", "zephyr", "openchat", "hh"): raise ValueError(f"unknown template {self.template!r}")
         if self.prompts == "ultrachat" and "DPO_std" in self.baselines:
             raise ValueError("ultrachat has no preference pairs of its own: drop DPO_std from baselines")
-        if self.judge not in ("oracle", "proxy"): raise ValueError(f"judge must be oracle or proxy, got {self.judge!r}")
+        if self.judge not in SHARED_JUDGES: raise ValueError(f"judge must be one of {SHARED_JUDGES}, got {self.judge!r}")
         if self.embedder not in ("minilm", "uae"): raise ValueError(f"embedder must be minilm or uae, got {self.embedder!r}")
         if self.backend not in ("hf", "vllm"): raise ValueError(f"backend must be 'hf' or 'vllm', got {self.backend!r}")
         bad = [b for b in self.baselines if b not in BASELINES]
@@ -349,7 +349,7 @@ class SelfContrastBand:
     def train_row(self, cfg, row, tokenizer, out, trained): return train_sc_row(cfg, row, tokenizer, out, trained)
 
     def evaluate(self, cfg: SelfContrastConfig, data: dict, trained: dict, tokenizer, progress=print) -> dict:
-        judge = make_judge(cfg.judge)
+        judge = make_judge(cfg)
         table, samples, per = evaluate_rows(cfg, trained, tokenizer, sc_dataset(cfg, tokenizer, cfg.n_eval, "test"), judge, progress)
         for r in table:
             r["k"] = len(data["groups"][r["method"]][0].rejected) if r["method"] in data["groups"] else 0

@@ -41,9 +41,9 @@ class Judge(Protocol):
     def rates(self, prompts: Sequence[BandPrompt], responses: Sequence[str]) -> dict: ...
 
 def prefer_scores(a, b, tie: float = 0.0) -> np.ndarray:
-    "+1 / 0 / −1 per row: is score `a` better than score `b`? Differences below `tie` are ties."
+    "+1 / 0 / −1 per row: is score `a` better than score `b`? Differences below `tie` are ties, and so is a missing score (nan: a judge gave no verdict)."
     d = np.asarray(a, float) - np.asarray(b, float)
-    return np.where(np.abs(d) < tie, 0, np.sign(d)).astype(int)
+    return np.where(np.isnan(d) | (np.abs(d) < tie), 0, np.sign(np.nan_to_num(d))).astype(int)
 
 def prefer(judge: Judge, prompts: Sequence[BandPrompt], a: Sequence[str], b: Sequence[str]) -> np.ndarray:
     "+1 / 0 / −1 per prompt: does `judge` prefer response `a` to response `b`?"

@@ -1,0 +1,71 @@
+"""`-p judge llm` switches a band to an LLM judge: a shrunk tiny DPO run as `selfalign reproduce`, judged over HTTP by
+a local OpenAI-compatible server (`test_llm_judge.Fake`, grading by the answer's length), names the judge in its win-rate
+claims, counts the judge's calls and tokens in metrics.json, writes the key nowhere, and a re-run pays no calls."""
+import json
+import os
+import re
+import subprocess
+
+import pytest
+
+from conftest import BIN
+from selfalign.bands.base import BandConfig, make_judge
+from test_llm_judge import MODEL, Fake
+from test_seeds import SHRUNK
+
+KEY = "sk-band-SECRET-9876543210"
+
+
+def length_grade(messages):
+    "Grades 1–10 by the last answer's length in words: a judge whose verdicts differ between policies."
+    user = messages[-1]["content"]
+    last = user.rsplit("### Assistant:", 1)[-1] if "### Assistant:" in user else user.split("[Assistant's reply]")[-1]
+    return f"Rating: [[{min(10, 1 + len(last.split()) // 4)}]]"
+
+
+@pytest.fixture
+def server():
+    f = Fake(); f.reply = length_grade
+    yield f
+    f.httpd.shutdown(); f.httpd.server_close()
+
+
+def reproduce(out, server, cache):
+    config, overrides = SHRUNK["dpo"]
+    args = [str(BIN / "selfalign"), "reproduce", "dpo", "--scale", "tiny", "-c", config, "--out", str(out),
+            "-p", "judge", "llm", "-p", "judge_model", MODEL, "-p", "judge_base_url", server.url,
+            "-p", "judge_api_key_env", "BAND_JUDGE_KEY", "-p", "judge_cache", str(cache)]
+    for k, v in {**overrides, "ppo_kl_coefs": "[]"}.items(): args += ["-p", k, str(v)]
+    r = subprocess.run(args, capture_output=True, text=True,
+                       env={**os.environ, "BAND_JUDGE_KEY": KEY, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1")})
+    assert r.returncode == 0, r.stderr[-3000:]
+    return json.loads((out / "dpo" / config / "metrics.json").read_text()), r
+
+
+def test_dpo_band_judged_by_an_llm_over_http(server, tmp_path):
+    cache = tmp_path / "cache"
+    m, r = reproduce(tmp_path / "a", server, cache)
+    calls = len(server.requests)
+    assert calls > 0 and all(b["model"] == MODEL for b in server.requests)
+    assert set(server.auth) == {f"Bearer {KEY}"}  # the key went to the server ...
+    u = m["judge_usage"]
+    assert u["calls"] == calls and u["prompt_tokens"] == 100 * calls and u["unparseable"] == 0
+    wins = [c for c in m["claims"] if "wins against" in c["statement"]]
+    assert wins and all(f"LLM judge {MODEL}" in c["statement"] for c in wins), [c["statement"] for c in m["claims"]]
+    assert all(c["value"] is not None for c in wins)
+    # ... and nowhere else: not in the run folder, the cache or the output
+    for p in [*tmp_path.rglob("*")]:
+        if p.is_file(): assert KEY.encode() not in p.read_bytes(), p
+    assert KEY not in r.stdout + r.stderr
+    # a second run into a fresh folder asks the server nothing: every verdict comes from the cache
+    m2, _ = reproduce(tmp_path / "b", server, cache)
+    assert len(server.requests) == calls and m2["judge_usage"]["calls"] == 0 and m2["judge_usage"]["cache_hits"] > 0
+    assert [c["value"] for c in m2["claims"]] == [c["value"] for c in m["claims"]]
+
+
+def test_llm_judge_needs_a_model_and_is_one_object_per_endpoint(tmp_path):
+    with pytest.raises(ValueError, match="needs judge_model"): BandConfig(judge="llm")
+    a = BandConfig(judge="llm", judge_model=MODEL, judge_base_url="http://127.0.0.1:9/v1", judge_cache=str(tmp_path))
+    assert make_judge(a) is make_judge(a.replace(n_eval=7))
+    assert make_judge(a) is not make_judge(a.replace(judge_model="other"))
+    assert not re.search(r"sk-", json.dumps(a.to_dict()))
