@@ -1,6 +1,6 @@
 """`-p judge llm` switches a band to an LLM judge: a shrunk tiny DPO run as `selfalign reproduce`, judged over HTTP by
 a local OpenAI-compatible server (`test_llm_judge.Fake`, grading by the answer's length), names the judge in its win-rate
-claims, counts the judge's calls and tokens in metrics.json, writes the key nowhere, and a re-run pays no calls."""
+claims, counts the judge's calls and tokens in metrics.json, writes the key nowhere, and a re-run makes no calls."""
 import json
 import os
 import re
@@ -57,8 +57,8 @@ def test_dpo_band_judged_by_an_llm_over_http(server, tmp_path):
     for p in [*tmp_path.rglob("*")]:
         if p.is_file(): assert KEY.encode() not in p.read_bytes(), p
     assert KEY not in r.stdout + r.stderr
-    # a second run into a fresh folder asks the server nothing: every verdict comes from the cache
-    m2, _ = reproduce(tmp_path / "b", server, cache)
+    # run again (as after a kill: the data and rows resume from the run folder) it asks the server nothing
+    m2, _ = reproduce(tmp_path / "a", server, cache)
     assert len(server.requests) == calls and m2["judge_usage"]["calls"] == 0 and m2["judge_usage"]["cache_hits"] > 0
     assert [c["value"] for c in m2["claims"]] == [c["value"] for c in m["claims"]]
 
