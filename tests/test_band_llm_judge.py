@@ -9,7 +9,8 @@ import subprocess
 import pytest
 
 from conftest import BIN
-from selfalign.bands.base import BandConfig, make_judge
+from selfalign.bands.base import DATA_CACHE, BandConfig, make_judge
+from selfalign.judges.llm import LLMJudge, LLMJudgeError
 from test_llm_judge import MODEL, Fake
 from test_seeds import SHRUNK
 
@@ -61,6 +62,27 @@ def test_dpo_band_judged_by_an_llm_over_http(server, tmp_path):
     m2, _ = reproduce(tmp_path / "a", server, cache)
     assert len(server.requests) == calls and m2["judge_usage"]["calls"] == 0 and m2["judge_usage"]["cache_hits"] > 0
     assert [c["value"] for c in m2["claims"]] == [c["value"] for c in m["claims"]]
+
+
+def test_a_judge_server_without_the_model_stops_the_run_before_training(server, tmp_path):
+    config, overrides = SHRUNK["dpo"]
+    args = [str(BIN / "selfalign"), "reproduce", "dpo", "--scale", "tiny", "-c", config, "--out", str(tmp_path / "run"),
+            "-p", "judge", "llm", "-p", "judge_model", "not-served", "-p", "judge_base_url", server.url, "-p", "judge_cache", str(tmp_path)]
+    for k, v in overrides.items(): args += ["-p", k, str(v)]
+    r = subprocess.run(args, capture_output=True, text=True)
+    assert r.returncode != 0 and "does not serve model 'not-served'" in r.stderr, r.stderr[-2000:]
+    assert not list((tmp_path / "run").rglob(DATA_CACHE)), "the data stage ran before the judge was checked"
+    assert not server.requests  # only the model list was asked for
+
+
+def test_check_names_a_server_that_is_down_or_refuses_the_key():
+    f = Fake()
+    try:
+        assert MODEL in LLMJudge(MODEL, base_url=f.url).check()
+        with pytest.raises(LLMJudgeError, match="unreachable"): LLMJudge(MODEL, base_url="http://127.0.0.1:9/v1").check()
+        f.httpd.RequestHandlerClass.do_GET = lambda h: h.send(401, {"error": {"message": "Incorrect API key provided", "code": 401}})
+        with pytest.raises(LLMJudgeError, match="HTTP 401.*Incorrect API key.*variable the config names"): LLMJudge(MODEL, base_url=f.url).check()
+    finally: f.httpd.shutdown(); f.httpd.server_close()
 
 
 def test_llm_judge_needs_a_model_and_is_one_object_per_endpoint(tmp_path):

@@ -264,6 +264,7 @@ def run_band(band: Band, cfg: BandConfig, out: str | Path, progress: Callable = 
     if cfg.seeds: cfg = cfg.replace(seed=cfg.seeds[0], seeds=())
     out = Path(out); out.mkdir(parents=True, exist_ok=True); t0 = time.perf_counter(); secs = {}
     cfg.to_json(out / "band_config.json"); seed_everything(cfg.seed); u0 = judge_usage(cfg)
+    if u0 is not None: make_judge(cfg).check()  # an LLM judge's endpoint answers and serves its model, before any training
     policy, tok = load_policy(cfg.policy, cfg.dtype)
     run_fp = band_fingerprint(band, cfg, policy)
     data = cached_data(out, run_fp)

@@ -190,6 +190,19 @@ class LLMJudge:
             except openai.APIStatusError as e:  # 400, 401, 403, ...: not transient
                 raise LLMJudgeError(f"the judge server at {where} refused the request (HTTP {e.status_code}): {e.message}") from e
 
+    def check(self) -> list[str]:
+        """Ask the endpoint which models it serves before any work depends on it (a band checks at its start, not after
+        hours of training): `LLMJudgeError` when it is down, refuses the key, or does not serve `model`."""
+        import openai
+        where = self.base_url or "the OpenAI API"
+        try: served = [m.id for m in self._client.models.list().data]
+        except openai.APIConnectionError as e: raise LLMJudgeError(f"the judge server at {where} is unreachable (is the server running?)") from e
+        except openai.APIStatusError as e:
+            raise LLMJudgeError(f"the judge server at {where} refused to list its models (HTTP {e.status_code}): "
+                                f"{e.message} (is the key in the variable the config names?)") from e
+        if self.model not in served: raise LLMJudgeError(f"the server at {where} does not serve model {self.model!r}; it serves {served}")
+        return served
+
     def _ask(self, kind: str, parse, request: tuple):
         "A parsed verdict for one request (cached; a malformed verdict asked again, then None)."
         tmpl_hash, messages = request
