@@ -162,7 +162,10 @@ def stop_process_group(proc: subprocess.Popen,  # a child started with `start_ne
         try: os.killpg(proc.pid, signal.SIGKILL)  # the leader is unreaped: this group id is still ours
         except (ProcessLookupError, PermissionError): pass
     rc = proc.wait()
-    _wait_until(lambda: not group_pids(proc.pid), grace)
+    if not _wait_until(lambda: not group_pids(proc.pid), grace):  # a straggler: one forked as the leader died, or slow to die
+        try: os.killpg(proc.pid, signal.SIGKILL)  # the group id cannot be reused while it has members: still ours
+        except (ProcessLookupError, PermissionError): pass
+        _wait_until(lambda: not group_pids(proc.pid), timeout)
     return rc
 
 # %% ../../nbs/generate/13_vllm.ipynb #e114c05c
