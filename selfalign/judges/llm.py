@@ -182,10 +182,8 @@ class LLMJudge:
                 _log.warning("judge request to %s failed (%s); retry %d/%d in %.2fs", where, type(e).__name__, attempt + 1, self.max_retries, wait)
                 time.sleep(wait)
             except openai.NotFoundError as e:
-                try: served = [m.id for m in self._client.models.list().data]
-                except Exception: served = None
-                if served is not None and self.model not in served:
-                    raise LLMJudgeError(f"the server at {where} does not serve model {self.model!r}; it serves {served}") from e
+                try: self.check()  # names the models it serves when ours is not one of them
+                except LLMJudgeError as err: raise err from e
                 raise LLMJudgeError(f"the server at {where} answered 404 for model {self.model!r}: {e.message}") from e
             except openai.APIStatusError as e:  # 400, 401, 403, ...: not transient
                 raise LLMJudgeError(f"the judge server at {where} refused the request (HTTP {e.status_code}): {e.message}") from e
