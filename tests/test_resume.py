@@ -167,3 +167,50 @@ def test_band_state_without_a_fingerprint_is_never_reused(tmp_path):
     _toy(tmp_path, extra={3})
     band, _, res = _toy(tmp_path, extra={3})
     assert band.log == ["a", "b"] and res["resumed"] == {"data": False, "rows": []}
+
+
+class Configs(Toy):
+    "A paper with several configs over the same data: `n_eval` only chooses how many prompts evaluate; rows train alone."
+    selection_fields, independent_rows, data_files = ("n_eval",), True, ("d.txt",)
+    def build_data(self, cfg, policy, tok, out, progress): (out / "d.txt").write_text("records"); return super().build_data(cfg, policy, tok, out, progress)
+    def evaluate(self, cfg, data, trained, tok, progress): return {**super().evaluate(cfg, data, trained, tok, progress), "per_prompt": {"x": [1.0]}}
+
+
+def test_configs_differing_only_in_selection_share_data_and_rows(tmp_path):
+    runs = lambda *names: [tmp_path / "paper" / n for n in names]
+    main, abl, other = runs("main", "ablations", "other")
+    band = Configs(); run_band(band, BandConfig(n_eval=10), main, progress=lambda s: None)
+    assert band.built == [1] and band.log == ["a", "b"]
+    band, lines = Configs(), []
+    res = run_band(band, BandConfig(n_eval=20), abl, progress=lines.append)
+    assert band.built == [] and band.log == [] and res["resumed"] == {"data": True, "rows": ["a", "b"]}
+    assert lines == [f"data: reused from {main.resolve() / 'band_data.json'}", f"row a: reused from {main.resolve() / 'a'}",
+                     f"row b: reused from {main.resolve() / 'b'}"]
+    assert (abl / "d.txt").read_text() == "records" and (abl / "a" / "final" / "w.txt").read_text() == "a"
+    assert (abl / "band_data.json").exists() and (abl / "a" / "row.json").exists()  # its own now: a re-run needs no sibling
+    band = Configs(); run_band(band, BandConfig(n_eval=20, lr=1e-3), other, progress=lambda s: None)  # a field that is not selection
+    assert band.built == [1] and band.log == ["a", "b"]
+    band = Toy(); run_band(band, BandConfig(n_eval=20), tmp_path / "paper" / "toy", progress=lambda s: None)
+    assert band.built == [1] and band.log == ["a", "b"]  # a band without selection fields looks at no sibling
+
+
+def test_seed_folders_share_with_the_same_seed_of_another_config(tmp_path):
+    band = Configs(); run_band(band, BandConfig(n_eval=10, seeds=(1, 3)), tmp_path / "main", progress=lambda s: None)
+    band, lines = Configs(), []
+    run_band(band, BandConfig(n_eval=20, seeds=(1, 2)), tmp_path / "ablations", progress=lines.append)
+    assert band.built == [1] and band.log == ["a", "b"]  # seed 2 is new; seed 1 came from main/seed-1 (the toy's state is its log: each seed first)
+    assert f"data: reused from {(tmp_path / 'main' / 'seed-1').resolve() / 'band_data.json'}" in lines
+
+
+def test_a_code_change_trains_again(tmp_path, monkeypatch):
+    import selfalign.bands.base as base
+    _toy(tmp_path)
+    monkeypatch.setattr(base, "source_fingerprint", lambda: "edited")
+    band, _, res = _toy(tmp_path)
+    assert band.built == [1] and band.log == ["a", "b"] and res["resumed"] == {"data": False, "rows": []}
+
+
+def test_source_fingerprint_covers_the_package():
+    import selfalign.bands.base as base
+    fp = base.source_fingerprint()
+    assert len(fp) == 16 and fp == base.source_fingerprint.__wrapped__()  # deterministic over the same files

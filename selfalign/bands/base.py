@@ -8,7 +8,7 @@ Docs: https://selfalign.github.io/selfalign/bands/base.html.md"""
 
 # %% ../../nbs/bands/00_base.ipynb #d24dc836
 from __future__ import annotations
-import copy, hashlib, importlib, json, os, shutil, time, uuid
+import copy, functools, hashlib, importlib, json, os, shutil, time, uuid
 from functools import partial
 from dataclasses import dataclass, field, fields, is_dataclass
 from pathlib import Path
@@ -18,9 +18,9 @@ from typing import Any, Callable, ClassVar, Protocol, Sequence
 __all__ = ['SHARED_JUDGES', 'ROW_MARKER', 'DATA_CACHE', 'TrainSpec', 'BandConfig', 'load_policy', 'policy_files', 'train_stage',
            'OfflinePrompts', 'HHRLHFPrompts', 'OASST1Prompts', 'prompt_source', 'llm_judge_cache_dir', 'make_judge',
            'judge_usage', 'Row', 'TrainedRow', 'Band', 'run_band', 'run_seeds', 'load_checkpoint', 'encode_data',
-           'decode_data', 'write_json_exact', 'read_json_exact', 'fingerprint', 'band_fingerprint', 'row_fingerprint',
-           'finished_row', 'mark_row', 'resume_or_train', 'cached_data', 'cache_data', 'merged', 'rm_judge',
-           'train_ppo_row', 'round_rows', 'response_sep']
+           'decode_data', 'write_json_exact', 'read_json_exact', 'fingerprint', 'source_fingerprint',
+           'band_fingerprint', 'row_fingerprint', 'finished_row', 'mark_row', 'sibling_runs', 'resume_or_train',
+           'cached_data', 'cache_data', 'merged', 'rm_judge', 'train_ppo_row', 'round_rows', 'response_sep']
 
 # %% ../../nbs/bands/00_base.ipynb #447e23f6
 import numpy as np
@@ -255,6 +255,11 @@ class Band(Protocol):
     def claims(self, cfg, data: dict, results: dict) -> list[dict]: ...
     # optional, for a band that keeps something of a trained row in memory (a reward model):
     # def restore_row(self, cfg, row: Row, tokenizer, out: Path, done: TrainedRow) -> None  # the same, for a row reused from `out`
+    # optional, for a band whose paper has several configs over the same data (DLMA's main table and its ablations):
+    # selection_fields: tuple[str, ...]  # config fields that only choose which rows run and what evaluates them: configs
+    #                                    # differing only in these share the data and the rows of one fingerprint (`sibling_runs`)
+    # independent_rows: bool  # every row trains from the policy alone (not from a row before it): a row's fingerprint omits the others'
+    # data_files: tuple[str, ...]  # files `build_data` writes into the run folder: copied with data shared from a sibling
 
 def run_band(band: Band, cfg: BandConfig, out: str | Path, progress: Callable = print) -> dict:
     """Data → every row trained into its own checkpoint → evaluation → claims; writes results.json and samples.jsonl.
@@ -267,17 +272,23 @@ def run_band(band: Band, cfg: BandConfig, out: str | Path, progress: Callable = 
     if u0 is not None: make_judge(cfg).check()  # an LLM judge's endpoint answers and serves its model, before any training
     policy, tok = load_policy(cfg.policy, cfg.dtype)
     run_fp = band_fingerprint(band, cfg, policy)
-    data = cached_data(out, run_fp)
+    siblings = sibling_runs(out) if getattr(band, "selection_fields", ()) else []
+    data, src = cached_data(out, run_fp), out
+    for s in siblings if data is None else []:  # another config of the paper built the same data: copied, with its files
+        if (data := cached_data(s, run_fp)) is not None:
+            src = s
+            for f in (DATA_CACHE, *getattr(band, "data_files", ())): (s / f).exists() and shutil.copy2(s / f, out / f)
+            break
     resumed = {"data": data is not None, "rows": []}
-    if data is not None: progress(f"data: reused from {out / DATA_CACHE}")
+    if data is not None: progress(f"data: reused from {src / DATA_CACHE}")
     else:
         data = band.build_data(cfg, policy, tok, out, progress)
         if why := cache_data(out, run_fp, data): progress(f"data: not cached ({why})")
     del policy; secs["data"] = time.perf_counter() - t0
-    trained: dict[str, TrainedRow] = {}; fps = []
+    trained: dict[str, TrainedRow] = {}; fps = []; alone = getattr(band, "independent_rows", False)
     for row in band.rows(cfg, data):  # each row's model is released once trained: rows are evaluated from their checkpoints
-        fps.append(row_fingerprint(row, run_fp, fps))
-        trained[row.name], reused = resume_or_train(band, cfg, row, tok, out, fps[-1], trained, progress)
+        fps.append(row_fingerprint(row, run_fp, [] if alone else fps))
+        trained[row.name], reused = resume_or_train(band, cfg, row, tok, out, fps[-1], trained, progress, siblings)
         if reused: resumed["rows"].append(row.name)
     secs["train"] = time.perf_counter() - t0 - secs["data"]
     t1 = time.perf_counter(); seed_everything(cfg.seed)  # evaluation starts from the seed, whatever was reused before it
@@ -378,11 +389,24 @@ def fingerprint(*parts) -> str:
     text = json.dumps(encode_data(list(parts), fallback=_describe), sort_keys=True, allow_nan=True)
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
+@functools.cache
+def source_fingerprint() -> str:
+    "The installed package's code and data files (a hash over every file under `selfalign/` but byte code): any edit changes it."
+    root, h = Path(__file__).resolve().parents[1], hashlib.sha256()
+    for p in sorted(root.rglob("*")):
+        if p.is_file() and "__pycache__" not in p.parts and p.suffix != ".pyc":
+            h.update(p.relative_to(root).as_posix().encode() + b"\0" + p.read_bytes() + b"\0")
+    return h.hexdigest()[:16]
+
 def band_fingerprint(band, cfg: BandConfig, policy) -> str:
-    "What all of a run depends on: the band's class and its state at the start, the config (seed included), the policy's weights, the version."
+    """What all of a run depends on: the band's class and its state at the start, the config (seed included; less the
+    band's `selection_fields`), the policy's weights, the version and the package's code (`source_fingerprint`)."""
     try: weights = model_fingerprint(policy)
     except (ValueError, RuntimeError): weights = None  # weights not in memory (offloaded): the config's name for them stands
-    return fingerprint(f"{type(band).__module__}.{type(band).__qualname__}", getattr(band, "__dict__", {}), cfg, weights, __version__)
+    if skip := set(getattr(band, "selection_fields", ())):
+        cfg = {"config": f"{type(cfg).__module__}:{type(cfg).__qualname__}", **{f.name: getattr(cfg, f.name) for f in fields(cfg) if f.name not in skip}}
+    return fingerprint(f"{type(band).__module__}.{type(band).__qualname__}", getattr(band, "__dict__", {}), cfg, weights, __version__,
+                       source_fingerprint())
 
 def row_fingerprint(row: Row, run_fp: str, before: Sequence[str]) -> str:
     "A row's: the run's, its settings and records, and the fingerprints of all rows before it (any of them may be its start or its judge)."
@@ -404,11 +428,30 @@ def mark_row(folder: Path, name: str, fp: str, res) -> TrainedRow:
                                            "log_history": res.log_history, "counts": res.counts, "seconds": res.seconds})
     return finished_row(folder, name, fp)[0]  # a trained and a reused row are then the same values
 
-def resume_or_train(band, cfg: BandConfig, row: Row, tokenizer, out: Path, fp: str, trained: dict, progress: Callable = print
-                   ) -> tuple[TrainedRow, bool]:
-    "The row reused from its folder if it finished there under `fp` (the band restores what it keeps of it), else trained afresh; and whether reused."
+def sibling_runs(out: Path) -> list[Path]:
+    "The run folders beside `out`: its paper's other configs (for a seed's folder `<config>/seed-<s>`, the same seed of theirs)."
+    out = Path(out).resolve()
+    if out.name.startswith("seed-"): found = [d / out.name for d in out.parent.parent.iterdir() if d != out.parent]
+    else: found = [d for d in out.parent.iterdir() if d != out]
+    return sorted(d for d in found if (d / "band_config.json").is_file())
+
+def _link_or_copy(src, dst):
+    try: os.link(src, dst)  # a checkpoint shared, not duplicated, where the file system allows
+    except OSError: shutil.copy2(src, dst)
+
+def resume_or_train(band, cfg: BandConfig, row: Row, tokenizer, out: Path, fp: str, trained: dict, progress: Callable = print,
+                    siblings: Sequence[Path] = ()) -> tuple[TrainedRow, bool]:
+    """The row reused from its folder if it finished there under `fp` (the band restores what it keeps of it), else from
+    the first of `siblings` where it finished under `fp` (its folder linked or copied in), else trained afresh; and whether reused."""
     folder = out / row.dir_name()
     done, why = finished_row(folder, row.name, fp)
+    for s in siblings if done is None else []:
+        if finished_row(s / row.dir_name(), row.name, fp)[0] is not None:
+            if folder.is_dir(): shutil.rmtree(folder)
+            shutil.copytree(s / row.dir_name(), folder, copy_function=_link_or_copy)
+            done, _ = finished_row(folder, row.name, fp); progress(f"row {row.name}: reused from {s / row.dir_name()}")
+            if hasattr(band, "restore_row"): band.restore_row(cfg, row, tokenizer, folder, done)
+            return done, True
     if done is not None:
         progress(f"row {row.name}: reused from {folder}")
         if hasattr(band, "restore_row"): band.restore_row(cfg, row, tokenizer, folder, done)

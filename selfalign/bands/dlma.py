@@ -258,7 +258,13 @@ def dlma_claims(per: dict, table: list[dict], judge: str = "the oracle") -> list
 
 # %% ../../nbs/bands/20_dlma.ipynb #bdb215f4
 class DLMABand:
-    "DLMA as a `Band`: contrastive pairs scored by the SFT model's self-reward; every row of the paper's tables trained."
+    """DLMA as a `Band`: contrastive pairs scored by the SFT model's self-reward; every row of the paper's tables trained.
+    The main table's config and the ablations' differ only in which rows they train and evaluate on: the second to run
+    takes the data and the rows both train (DLMA itself) from the first (`run_band`'s sibling runs)."""
+    selection_fields = ("methods", "ablation_weights", "ablation_ranges", "n_eval")
+    independent_rows = True  # every row trains from the SFT policy
+    data_files = ("pairs.jsonl",)
+
     def build_data(self, cfg: DLMABandConfig, policy, tokenizer, out: Path, progress=print) -> dict:
         "Contrastive pairs, their self-reward margins, the RLAIF and gold labels, and the labelling accuracies."
         progress(f"contrastive generation on {cfg.n_prompts} prompts")

@@ -608,7 +608,10 @@ def plot_salmon(cfg: SALMONBandConfig, res: dict):
         err = [[r["accuracy"] - r["ci95"][0] for r in jt], [r["ci95"][1] - r["accuracy"] for r in jt]]
         axs[0].barh(y - 0.2, [r["accuracy"] for r in jt], 0.4, xerr=err, capsize=2, color="#4c72b0", label="self-judge labels")
         rm = res["reward_models"][ppo_rm_name(cfg)]["principles"]
-        axs[0].barh(y + 0.2, [rm.get(r["principle"], {}).get("flip", np.nan) for r in jt], 0.4, color="#dd8452", label="RM negation flip")
+        fl = [rm.get(r["principle"], {}) for r in jt]  # a principle the RM was not probed on: no bar
+        v = np.array([f.get("flip", np.nan) for f in fl])
+        lo, hi = (np.array([f.get("flip_ci95", [np.nan, np.nan])[i] for f in fl]) for i in (0, 1))
+        axs[0].barh(y + 0.2, v, 0.4, xerr=np.nan_to_num([v - lo, hi - v]), capsize=2, color="#dd8452", label="RM negation flip")
         axs[0].set_yticks(y, [r["principle"] for r in jt]); axs[0].invert_yaxis()
         axs[0].legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.08), ncol=2, frameon=False)
     axs[0].axvline(0.5, c="#999", ls=":"); axs[0].set_xlim(0, 1); axs[0].set_title("agreement with the oracle, per principle", fontsize=10)
