@@ -2,6 +2,7 @@
 
     selfalign reproduce <paper|all> --scale tiny|small|paper --out DIR [-c CONFIG] [-f params.yaml ...] [-p NAME VALUE ...] [--jobs N|auto]
     selfalign world build [--out DIR] [--seed N] [--config build.json] [--force]
+    selfalign serve smollm2|FOLDER [--port N] [--name NAME] [--api-key-env VAR]
 
 A paper is a folder `papers/<paper>/` holding a parameterised notebook (`reproduce.ipynb` unless a config names
 another) and `configs/<artefact>.yaml`, one file per paper artefact (`table2.yaml`, `fig3.yaml`). Each config is run
@@ -20,6 +21,10 @@ threads; the report lists the runs in plan order whatever order they finished in
 
 Ctrl-C stops the running notebooks at their current cells (a second Ctrl-C stops at once), skips the notebooks not yet
 started, writes the report for what ran, the interrupted notebooks marked as such, and exits with status 130.
+
+`selfalign serve` serves a local model over vLLM's OpenAI-compatible API on 127.0.0.1 until Ctrl-C: an LLM judge for
+`reproduce … -p judge llm`, requiring the key the environment variable `--api-key-env` holds (it prints the parameters
+that point a run at it, never the key).
 
 `selfalign world ...` manages the miniature world: `world build` trains its tokenizer, base models and SFT model
 (`selfalign.world.models.build_world`) into `selfalign/assets/world/` unless `--out` says otherwise.
@@ -434,6 +439,36 @@ class _BuildProgress:
             print(f"[{stage}] done in {e['seconds']:.1f}s", file=sys.stderr, flush=True)
 
 
+def serve(args) -> int:
+    "Serve a model over vLLM's OpenAI-compatible API on 127.0.0.1 until Ctrl-C (a local LLM judge); print how a run uses it."
+    from .generate.vllm import VLLMServer, VLLMServerError, default_vllm_python
+    key = os.environ.get(args.api_key_env)
+    if not key:
+        raise ReproduceError(f"${args.api_key_env} is not set: set it to a secret of your choice; the server requires it and a run "
+                             f"passes it with -p judge_api_key_env {args.api_key_env}")
+    if not default_vllm_python().exists():
+        raise ReproduceError(f"no vLLM environment at {default_vllm_python()}: run `make install-vllm`")
+    if args.model == "smollm2":
+        from .models.loader import smollm2_dir
+        folder, name = smollm2_dir(), args.name or "smollm2"
+    else:
+        folder = Path(args.model).expanduser()
+        if not (folder / "config.json").is_file():
+            raise ReproduceError(f"{folder}: not a model folder (no config.json); give 'smollm2' or a folder with config, safetensors and tokenizer")
+        name = args.name or folder.name
+    print(f"starting vLLM on {folder} (the first start takes a minute or two) ...", file=sys.stderr, flush=True)
+    try: server = VLLMServer(folder, dtype=args.dtype, port=args.port, api_key=key, served_name=name, max_model_len=args.max_model_len)
+    except (VLLMServerError, TimeoutError, OSError) as e: raise ReproduceError(str(e)) from None
+    print(f"serving {name!r} at {server.url}/v1 (pid {server.pid}; log: {server.log_path}); Ctrl-C stops it. A run judged by it:\n"
+          f"  selfalign reproduce PAPER ... -p judge llm -p judge_model {name} -p judge_base_url {server.url}/v1 "
+          f"-p judge_api_key_env {args.api_key_env}", flush=True)
+    try:
+        while server.running(): time.sleep(1)
+        print(f"selfalign: error: the server exited (log: {server.log_path})", file=sys.stderr); return 1
+    except KeyboardInterrupt: return 0
+    finally: server.stop()
+
+
 def world_build(args) -> int:
     "`selfalign world build`: train the world's models (or find them already built) and say where they are."
     from transformers.utils import logging as hf_logging
@@ -507,6 +542,16 @@ def build_parser() -> argparse.ArgumentParser:
                         "share of the cores as threads; else 1). Default 1")
     r.add_argument("--kernel", default=None, help="Jupyter kernel (default: the notebook's)")
     r.set_defaults(func=reproduce)
+
+    sv = sub.add_parser("serve", help="serve a local model over vLLM's OpenAI-compatible API (an LLM judge for -p judge llm)",
+                        description="Serve MODEL on 127.0.0.1 with vLLM until Ctrl-C; requests need the key in $API_KEY_ENV.")
+    sv.add_argument("model", help="'smollm2' (SmolLM2-135M-Instruct from `make install-small`) or a model folder")
+    sv.add_argument("--port", type=int, default=None, help="port (default: a free one)")
+    sv.add_argument("--name", default=None, help="the model name it answers to (default: 'smollm2' or the folder's name)")
+    sv.add_argument("--api-key-env", default="SELFALIGN_JUDGE_KEY", help="environment variable holding the key it requires (default: SELFALIGN_JUDGE_KEY)")
+    sv.add_argument("--dtype", default="float32", help="vLLM dtype: float32 (CPU), bfloat16 (GPU)")
+    sv.add_argument("--max-model-len", type=int, default=4096, help="context length (default: 4096)")
+    sv.set_defaults(func=serve)
 
     w = sub.add_parser("world", help="build (and inspect) the miniature world's models",
                        description="The miniature world: its tokenizer, base models and SFT model.")

@@ -10,6 +10,7 @@ import pytest
 
 from conftest import BIN
 from selfalign.bands.base import DATA_CACHE, BandConfig, make_judge
+from selfalign.eval.benchmarks.mtbench import load_mtbench
 from selfalign.judges.llm import LLMJudge, LLMJudgeError
 from test_llm_judge import MODEL, Fake
 from test_seeds import SHRUNK
@@ -32,10 +33,12 @@ def server():
 
 
 def reproduce(out, server, cache):
+    "The shrunk DPO run judged by the server: the oracle labels its pairs; MT-Bench (two questions) on SFT and DPO."
     config, overrides = SHRUNK["dpo"]
     args = [str(BIN / "selfalign"), "reproduce", "dpo", "--scale", "tiny", "-c", config, "--out", str(out),
             "-p", "judge", "llm", "-p", "judge_model", MODEL, "-p", "judge_base_url", server.url,
-            "-p", "judge_api_key_env", "BAND_JUDGE_KEY", "-p", "judge_cache", str(cache)]
+            "-p", "judge_api_key_env", "BAND_JUDGE_KEY", "-p", "judge_cache", str(cache), "-p", "labeller", "oracle",
+            "-p", "benchmarks", "[mt_bench]", "-p", "benchmark_limit", "2", "-p", "benchmark_rows", "[DPO β=0.3]"]
     for k, v in {**overrides, "ppo_kl_coefs": "[]"}.items(): args += ["-p", k, str(v)]
     r = subprocess.run(args, capture_output=True, text=True,
                        env={**os.environ, "BAND_JUDGE_KEY": KEY, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1")})
@@ -54,6 +57,17 @@ def test_dpo_band_judged_by_an_llm_over_http(server, tmp_path):
     wins = [c for c in m["claims"] if "wins against" in c["statement"]]
     assert wins and all(f"LLM judge {MODEL}" in c["statement"] for c in wins), [c["statement"] for c in m["claims"]]
     assert all(c["value"] is not None for c in wins)
+    # the judge graded only the evaluation (the oracle labelled the training pairs): N SFT samples and one DPO response
+    # per held-out prompt, and MT-Bench's two turns of two questions for SFT and DPO
+    n_eval, n = int(SHRUNK["dpo"][1]["n_eval"]), max(json.loads(SHRUNK["dpo"][1]["bon_ns"]))
+    assert 0 < u["calls"] <= n_eval * (n + 1) + 2 * 2 * 2, u  # (identical answers are graded once: the cache)
+    held_out = {json.loads(line)["prompt"] for line in (tmp_path / "a" / "dpo" / "frontier" / "samples.jsonl").read_text().splitlines()}
+    mt = [t for q in load_mtbench()[:2] for t in q["turns"]]
+    graded = [b["messages"][-1]["content"] for b in server.requests]
+    assert all(any(q in g for q in held_out) or any(t in g for t in mt) for g in graded)  # no training prompt was sent
+    mt = [r for r in m["tables"]["benchmarks"] if r["benchmark"] == "mt_bench"]
+    assert [r["policy"] for r in mt] == ["SFT", "DPO β=0.3"] and all(1 <= r["score"] <= 10 and r["n"] == 2 for r in mt)
+    assert (tmp_path / "a" / "dpo" / "frontier" / "mt_bench.png").stat().st_size > 10_000  # the radar
     # ... and nowhere else: not in the run folder, the cache or the output
     for p in [*tmp_path.rglob("*")]:
         if p.is_file(): assert KEY.encode() not in p.read_bytes(), p
@@ -91,3 +105,18 @@ def test_llm_judge_needs_a_model_and_is_one_object_per_endpoint(tmp_path):
     assert make_judge(a) is make_judge(a.replace(n_eval=7))
     assert make_judge(a) is not make_judge(a.replace(judge_model="other"))
     assert not re.search(r"sk-", json.dumps(a.to_dict()))
+
+
+def test_the_labeller_makes_the_training_signal_and_the_judge_evaluates():
+    "At `paper` scale GPT-4 evaluates while a cheaper labeller labels pairs and rewards the gold PPO row."
+    from selfalign.bands.dpo import DPOBandConfig, pair_judge
+    from selfalign.judges.proxy import ProxyJudge
+    from selfalign.world.base import OracleJudge
+    cfg = BandConfig(judge="llm", judge_model=MODEL, labeller="oracle")
+    assert isinstance(make_judge(cfg), LLMJudge) and isinstance(make_judge(cfg, "labeller"), OracleJudge)
+    assert isinstance(make_judge(BandConfig(prompts="offline", judge="proxy"), "labeller"), ProxyJudge)  # unset: the judge
+    assert isinstance(pair_judge(DPOBandConfig(judge="llm", judge_model=MODEL, labeller="oracle")), OracleJudge)
+    with pytest.raises(ValueError, match="labeller must be oracle, proxy or llm"): BandConfig(labeller="gpt-4")
+    with pytest.raises(ValueError, match="the oracle judges world prompts only"): BandConfig(prompts="offline", judge="proxy", labeller="oracle")
+    with pytest.raises(ValueError, match="needs judge_model"): BandConfig(judge="proxy", prompts="offline", labeller="llm")
+    with pytest.raises(ValueError, match="role must be"): make_judge(cfg, "evaluator")

@@ -216,3 +216,24 @@ def test_benchmarks_run_on_smollm2():
     q = shortest([q for q in MT.load_mtbench() if q["category"] == "math"], lambda q: len("".join(q["turns"])))
     res = MT.mtbench(HFGenerator(model, tok, dtype="fp32"), GradeJudge(), [q], "chatml", max_new_tokens=4)
     assert len(res["answers"][0]["turns"]) == 2 and res["table"][-1]["n"] == 1
+
+
+def test_a_band_runs_the_papers_benchmarks_on_its_policies(sft, tmp_path):
+    "`benchmarks` in a band config: each benchmark on the SFT model (and `benchmark_rows`), one row per benchmark and policy."
+    from selfalign.bands.base import BandConfig, TrainedRow, benchmark_table, run_benchmarks
+    model, tok = sft
+    model.save_pretrained(tmp_path / "row", safe_serialization=True)  # a trained row's checkpoint: here the SFT weights again
+    tok.save_pretrained(tmp_path / "row")
+    trained = {"DPO": TrainedRow("DPO", tmp_path / "row", [], {}, 0.0)}
+    cfg = BandConfig(benchmarks=("static_hhh", "truthfulqa_mc1"), benchmark_rows=("DPO",), benchmark_limit=6)
+    res = run_benchmarks(cfg, trained, tok, progress=lambda s: None)
+    table = benchmark_table(res)
+    assert [(r["benchmark"], r["policy"], r["n"]) for r in table] == [("static_hhh", "SFT", 6), ("static_hhh", "DPO", 6),
+                                                                        ("truthfulqa_mc1", "SFT", 6), ("truthfulqa_mc1", "DPO", 6)]
+    assert all(0 <= r["ci95_lo"] <= r["score"] <= r["ci95_hi"] <= 1 for r in table)
+    assert table[0]["score"] == table[1]["score"] and table[2]["score"] == table[3]["score"]  # the same weights score the same
+    assert res["static_hhh"]["SFT"]["hhh_all"] == H.static_hhh(model, tok, H.load_static_hhh()[:6])["hhh_all"]
+    with pytest.raises(ValueError, match=r"benchmark_rows \['RM'\] are not rows of this run; its rows: \['DPO'\]"):
+        run_benchmarks(cfg.replace(benchmark_rows=("RM",)), trained, tok)
+    with pytest.raises(ValueError, match="unknown benchmarks"): BandConfig(benchmarks=("mmlu",))
+    with pytest.raises(ValueError, match="mt_bench is graded by an LLM judge"): BandConfig(benchmarks=("mt_bench",))

@@ -533,7 +533,7 @@ class ALMoSTBand:
             if row.name == "RM (synthetic)": self.rm = res.model if res.model is not None else load_reward_model(res.final_dir, cfg.dtype)
             return res
         if row.kind == "rmsp":
-            demos, curve, counts = rmsp(cfg, self.rm, tokenizer, row.data, make_judge(cfg))
+            demos, curve, counts = rmsp(cfg, self.rm, tokenizer, row.data, make_judge(cfg, "labeller"))
             if not demos: raise DataError(f"RMSP kept no demonstration from {counts}; raise rmsp_queries or lower min_chars")
             self.rmsp = {"best_of_n": curve, "counts": counts}
             write_json_exact(out / "rmsp.json", self.rmsp)  # for a later run that reuses this row

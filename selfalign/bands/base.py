@@ -15,17 +15,24 @@ from pathlib import Path
 from typing import Any, Callable, ClassVar, Protocol, Sequence
 
 # %% auto #0
-__all__ = ['SHARED_JUDGES', 'ROW_MARKER', 'DATA_CACHE', 'TrainSpec', 'BandConfig', 'load_policy', 'policy_files', 'train_stage',
-           'OfflinePrompts', 'HHRLHFPrompts', 'OASST1Prompts', 'prompt_source', 'llm_judge_cache_dir', 'make_judge',
-           'judge_usage', 'Row', 'TrainedRow', 'Band', 'run_band', 'run_seeds', 'load_checkpoint', 'encode_data',
-           'decode_data', 'write_json_exact', 'read_json_exact', 'fingerprint', 'source_fingerprint',
-           'band_fingerprint', 'row_fingerprint', 'finished_row', 'mark_row', 'sibling_runs', 'resume_or_train',
-           'cached_data', 'cache_data', 'merged', 'rm_judge', 'train_ppo_row', 'round_rows', 'response_sep']
+__all__ = ['SHARED_JUDGES', 'BENCHMARKS', 'ROW_MARKER', 'DATA_CACHE', 'TrainSpec', 'BandConfig', 'load_policy', 'policy_files',
+           'train_stage', 'OfflinePrompts', 'HHRLHFPrompts', 'OASST1Prompts', 'prompt_source', 'llm_judge_cache_dir',
+           'make_judge', 'judge_usage', 'make_judge_name', 'chat_render', 'run_benchmarks', 'benchmark_table', 'Row',
+           'TrainedRow', 'Band', 'run_band', 'run_seeds', 'load_checkpoint', 'encode_data', 'decode_data',
+           'write_json_exact', 'read_json_exact', 'fingerprint', 'source_fingerprint', 'band_fingerprint',
+           'row_fingerprint', 'finished_row', 'mark_row', 'sibling_runs', 'resume_or_train', 'cached_data',
+           'cache_data', 'merged', 'rm_judge', 'train_ppo_row', 'round_rows', 'response_sep']
 
 # %% ../../nbs/bands/00_base.ipynb #447e23f6
 import numpy as np
 from .. import __version__
-from ..core.base import RunDir, StageConfig, atomic_write_json, atomic_write_text, concat_outcomes, seed_everything, seed_rows
+from ..core.base import RunDir, StageConfig, atomic_write_json, atomic_write_text, bootstrap_ci, concat_outcomes, seed_everything, seed_rows
+from ..data.records import CHAT_TEMPLATES
+from ..eval.benchmarks.hhh import load_static_hhh, static_hhh
+from ..eval.benchmarks.mtbench import load_mtbench, mtbench
+from ..eval.benchmarks.truthfulqa import load_truthfulqa_mc1, truthfulqa_mc1
+from ..generate.base import HFGenerator
+from ..world import base as W
 from ..judges.base import BandPrompt, JudgeUnavailable, RewardModelJudge
 from ..judges.llm import LLMJudge
 from ..judges.proxy import ProxyJudge
@@ -69,6 +76,10 @@ class BandConfig(TrainSpec):
     judge_base_url: str | None = None  # judge "llm": the OpenAI-compatible endpoint, e.g. http://127.0.0.1:8000/v1 (None: OpenAI's)
     judge_api_key_env: str = "OPENAI_API_KEY"  # judge "llm": the environment variable holding its key (the key is never written)
     judge_cache: str | None = None  # judge "llm": folder of its verdict cache (None: `llm_judge_cache_dir()`): a re-run pays nothing
+    benchmarks: tuple[str, ...] = ()  # the paper's benchmarks, after the band's evaluation, on the SFT model and `benchmark_rows`: "static_hhh", "truthfulqa_mc1" (log-probabilities), "mt_bench" (graded by the LLM judge)
+    benchmark_rows: tuple[str, ...] = ()  # trained rows (their table names) the benchmarks also run on
+    benchmark_limit: int = 0  # the first N items of each benchmark (0: all of them)
+    labeller: str | None = None  # the judge that makes training signal (labels sampled pairs, rewards a gold PPO row): "oracle", "proxy" or "llm" (None: `judge`)
     n_prompts: int = 900  # training prompts
     n_eval: int = 200  # held-out evaluation prompts
     max_new_tokens: int = 48  # longest sampled response
@@ -87,11 +98,15 @@ class BandConfig(TrainSpec):
     accelerate_config: str | None = None  # your own accelerate YAML (default: the engine's, in selfalign/configs/)
     deepspeed_config: str | None = None  # your own DeepSpeed JSON for zero2/zero3
     report_to: str = "none"  # trackers for every stage's metrics: "tensorboard", "wandb" (offline), comma-separated
-    OPTIONAL: ClassVar[tuple[str, ...]] = ("pairs_files", "prompts_files", "judge_model", "judge_base_url", "judge_cache", "quantization", "accelerate_config", "deepspeed_config")  # "" in a parameter means None
+    OPTIONAL: ClassVar[tuple[str, ...]] = ("pairs_files", "prompts_files", "judge_model", "judge_base_url", "judge_cache", "labeller", "quantization", "accelerate_config", "deepspeed_config")  # "" in a parameter means None
 
     def __post_init__(self):
-        if self.judge == "oracle" and self.prompts != "world": raise ValueError("the oracle judges world prompts only")
-        if self.judge == "llm" and not self.judge_model:
+        if "oracle" in (self.judge, self.labeller) and self.prompts != "world": raise ValueError("the oracle judges world prompts only")
+        if self.labeller not in (None, "oracle", "proxy", "llm"): raise ValueError(f"labeller must be oracle, proxy or llm (or unset: the judge), got {self.labeller!r}")
+        if bad := sorted(set(self.benchmarks) - set(BENCHMARKS)): raise ValueError(f"unknown benchmarks {bad}; known: {list(BENCHMARKS)}")
+        if "mt_bench" in self.benchmarks and self.judge != "llm":
+            raise ValueError("benchmark mt_bench is graded by an LLM judge: -p judge llm -p judge_model NAME [-p judge_base_url URL]")
+        if "llm" in (self.judge, self.labeller) and not self.judge_model:
             raise ValueError("judge 'llm' needs judge_model (the model its endpoint serves): -p judge_model NAME [-p judge_base_url URL]")
         self.launch_config().per_rank(self.batch_size, self.grad_accum)  # fails early, naming the fields, when they do not fit
 
@@ -200,11 +215,13 @@ def llm_judge_cache_dir() -> Path:
 
 _LLM_JUDGES: dict = {}  # one `LLMJudge` per (model, endpoint, key variable, cache) in a process, so its usage adds up
 
-def make_judge(judge: "str | BandConfig"):
-    """The `Judge` a band config names (or the one named `judge`): 'oracle', 'proxy', or 'llm', an `LLMJudge` grading
-    each response 1–10 over the config's endpoint (the same object for the same endpoint). Other judges (a trained
-    reward model) are built by their band."""
-    name = judge if isinstance(judge, str) else judge.judge
+def make_judge(judge: "str | BandConfig", role: str = "judge"):
+    """The `Judge` a band config names for `role` — "judge" (evaluation) or "labeller" (training signal: its `labeller`,
+    else its `judge`) — or the one named `judge`: 'oracle', 'proxy', or 'llm', an `LLMJudge` grading each response
+    1–10 over the config's endpoint (the same object for the same endpoint). Other judges (a trained reward model) are
+    built by their band. At `paper` scale the papers' GPT-4 evaluates while a cheaper labeller makes the training data."""
+    if role not in ("judge", "labeller"): raise ValueError(f"role must be 'judge' or 'labeller', got {role!r}")
+    name = judge if isinstance(judge, str) else make_judge_name(judge, role)
     if name == "oracle": return OracleJudge()
     if name == "proxy": return ProxyJudge()
     if name == "llm":
@@ -218,7 +235,66 @@ def make_judge(judge: "str | BandConfig"):
 
 def judge_usage(cfg: "BandConfig") -> dict | None:
     "The calls, tokens, cache hits, retries and unparseable verdicts of the config's LLM judge so far (None: not an LLM judge)."
-    return dict(make_judge(cfg).usage) if cfg.judge == "llm" else None
+    role = next((r for r in ("judge", "labeller") if make_judge_name(cfg, r) == "llm"), None)
+    return dict(make_judge(cfg, role).usage) if role else None  # both roles share the one judge of the endpoint
+
+def make_judge_name(cfg: "BandConfig", role: str = "judge") -> str:
+    "The name of the judge `make_judge(cfg, role)` builds."
+    return (cfg.labeller or cfg.judge) if role == "labeller" else cfg.judge
+
+# %% ../../nbs/bands/00_base.ipynb #d1524caf
+BENCHMARKS = ("static_hhh", "truthfulqa_mc1", "mt_bench")  # what a band config may name in `benchmarks`
+
+def _world_conversation(messages: list[dict]) -> str:
+    "A conversation as the world's dialogue (earlier turns as demonstrations)."
+    return W.render_dialogue(messages[-1]["content"], demos=[(messages[j]["content"], messages[j + 1]["content"]) for j in range(0, len(messages) - 1, 2)])
+
+def chat_render(cfg: BandConfig, tokenizer) -> tuple:
+    "How the band's policy reads a conversation (MT-Bench's two turns), and the stop strings: the world's dialogue, the config's named template, else the tokenizer's chat template, else ChatML."
+    if cfg.policy.startswith("world:"): return _world_conversation, ("\nUSER:",)
+    if getattr(cfg, "template", None) in CHAT_TEMPLATES: return cfg.template, ()
+    if getattr(tokenizer, "chat_template", None):
+        return (lambda ms: tokenizer.apply_chat_template(ms, tokenize=False, add_generation_prompt=True)), ()
+    return "chatml", ()
+
+def run_benchmarks(cfg: BandConfig, trained: dict, tokenizer, progress: Callable = print) -> dict:
+    """Every benchmark of `cfg.benchmarks` on the SFT model and each row of `cfg.benchmark_rows` (one model in memory at
+    a time): `{benchmark: {policy: summary}}`. MT-Bench answers are sampled with the band's seed and graded by its judge;
+    its summary adds a 95% interval over questions (each question's mean grade over its turns)."""
+    if missing := [r for r in cfg.benchmark_rows if r not in trained]:
+        raise ValueError(f"benchmark_rows {missing} are not rows of this run; its rows: {list(trained)}")
+    cut = lambda xs: list(xs)[:cfg.benchmark_limit] if cfg.benchmark_limit else list(xs)
+    items = {"static_hhh": lambda: cut(load_static_hhh()), "mt_bench": lambda: cut(load_mtbench()),
+             "truthfulqa_mc1": lambda: (lambda t: (cut(t[0]), t[1]))(load_truthfulqa_mc1())}
+    items = {b: items[b]() for b in cfg.benchmarks}
+    policies = {"SFT": lambda: load_policy(cfg.policy, cfg.dtype)[0], **{r: partial(load_checkpoint, cfg, trained[r].checkpoint) for r in cfg.benchmark_rows}}
+    out: dict = {b: {} for b in cfg.benchmarks}
+    for name, load in policies.items():
+        model = merged(load()).eval()
+        for b in cfg.benchmarks:
+            progress(f"benchmark {b}: {name} ({len(items[b][0] if b == 'truthfulqa_mc1' else items[b])} items)")
+            if b == "static_hhh": out[b][name] = static_hhh(model, tokenizer, items[b])
+            elif b == "truthfulqa_mc1": out[b][name] = truthfulqa_mc1(model, tokenizer, *items[b])
+            else:
+                render, stop = chat_render(cfg, tokenizer)
+                r = mtbench(HFGenerator(model, tokenizer, batch_size=cfg.gen_batch_size, dtype="fp32"), make_judge(cfg), items[b], render,
+                            max_new_tokens=cfg.max_new_tokens, seed=cfg.seed, stop=stop)
+                per_q = [np.mean(v) for g in r["grades"] if (v := [x for x in (g["turn_1"], g["turn_2"]) if x is not None])]
+                out[b][name] = {**r, "score": r["table"][-1]["score"], "score_ci95": list(bootstrap_ci(per_q)) if per_q else [float("nan")] * 2}
+        del model
+    return out
+
+def benchmark_table(benchmarks: dict) -> list[dict]:
+    "One row per benchmark and policy: its score (accuracy, or MT-Bench's 1–10), 95% interval and items."
+    keys = {"static_hhh": ("hhh_all", "hhh_ci95"), "truthfulqa_mc1": ("mc1", "mc1_ci95"), "mt_bench": ("score", "score_ci95")}
+    rows = []
+    for b, by in benchmarks.items():
+        for policy, r in by.items():
+            v, ci = r[keys[b][0]], r[keys[b][1]]
+            n = r.get("n", len(r.get("grades", [])))
+            rows.append({"benchmark": b, "policy": policy, "score": round(v, 4), "ci95_lo": round(ci[0], 4), "ci95_hi": round(ci[1], 4), "n": n})
+    return rows
+
 
 # %% ../../nbs/bands/00_base.ipynb #4f7816e6
 @dataclass
@@ -269,7 +345,7 @@ def run_band(band: Band, cfg: BandConfig, out: str | Path, progress: Callable = 
     if cfg.seeds: cfg = cfg.replace(seed=cfg.seeds[0], seeds=())
     out = Path(out); out.mkdir(parents=True, exist_ok=True); t0 = time.perf_counter(); secs = {}
     cfg.to_json(out / "band_config.json"); seed_everything(cfg.seed); u0 = judge_usage(cfg)
-    if u0 is not None: make_judge(cfg).check()  # an LLM judge's endpoint answers and serves its model, before any training
+    if u0 is not None: make_judge(cfg, "judge" if cfg.judge == "llm" else "labeller").check()  # the LLM judge's endpoint answers and serves its model, before any training
     policy, tok = load_policy(cfg.policy, cfg.dtype)
     run_fp = band_fingerprint(band, cfg, policy)
     siblings = sibling_runs(out) if getattr(band, "selection_fields", ()) else []
@@ -294,6 +370,7 @@ def run_band(band: Band, cfg: BandConfig, out: str | Path, progress: Callable = 
     t1 = time.perf_counter(); seed_everything(cfg.seed)  # evaluation starts from the seed, whatever was reused before it
     results = band.evaluate(cfg, data, trained, tok, progress)
     samples = results.pop("samples", [])
+    if cfg.benchmarks: results["benchmarks"] = run_benchmarks(cfg, trained, tok, progress)
     secs["eval"] = time.perf_counter() - t1; secs["total"] = time.perf_counter() - t0
     results["claims"] = band.claims(cfg, data, results)
     results["seconds"] = {k: round(v, 1) for k, v in secs.items()}

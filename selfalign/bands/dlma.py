@@ -272,7 +272,7 @@ class DLMABand:
         if len(rows) < 2: raise DataError(f"only {len(rows)} contrastive pairs ({counts}); raise n_prompts")
         progress(f"self-reward and labels for {len(rows)} pairs")
         margins = self_reward_margins(policy, tokenizer, rows)
-        labels = {"RLAIF": rlaif_labels(policy, tokenizer, rows, cfg.template), "RLHF": gold_labels(make_judge(cfg), rows)}
+        labels = {"RLAIF": rlaif_labels(policy, tokenizer, rows, cfg.template), "RLHF": gold_labels(make_judge(cfg, "labeller"), rows)}
         by = {"self-reward (DLMA)": margins, "RLAIF judge": labels["RLAIF"], "RLCD polarity": np.ones(len(rows))}
         acc, correct = label_accuracy(labels["RLHF"], by), label_correct(labels["RLHF"], by)
         RunDir(out).write_jsonl("pairs.jsonl", [{**r, "margin": float(m), "rlaif": int(a), "gold": int(g)}

@@ -67,8 +67,8 @@ def band_prompts(cfg: DPOBandConfig, tokenizer, n: int, split: str) -> list[Band
     return prompt_source(cfg, tokenizer).prompts(n, split)
 
 def pair_judge(cfg: DPOBandConfig):
-    "The judge that labels sampled pairs (and evaluates, unless it is the trained reward model)."
-    return make_judge(cfg)
+    "The judge that labels sampled pairs and rewards the gold PPO row: the config's `labeller` (unset: its judge)."
+    return make_judge(cfg, "labeller")
 
 # %% ../../nbs/bands/12_dpo.ipynb #b8414d54
 def sampled_pairs(cfg: DPOBandConfig, model, tokenizer, prompts: Sequence[BandPrompt], judge, seed: int | None = None
@@ -176,7 +176,7 @@ def _policy_row(name: str, beta, ev, rm: Sequence[float], method: str, kl_coef=N
 def evaluate_band(cfg: DPOBandConfig, trained: dict, tokenizer, rm, prompts: Sequence[BandPrompt], progress=print) -> dict:
     "Judge, reward-model and KL evaluation of the SFT model, each DPO and PPO policy (one at a time, from their checkpoints) and best-of-N."
     rmj = rm_judge(rm, tokenizer)
-    judge = rmj if cfg.judge == "rm" else pair_judge(cfg)
+    judge = rmj if cfg.judge == "rm" else make_judge(cfg)
     N, names = max(cfg.bon_ns), [f"DPO β={b:g}" for b in cfg.betas]
     ppo = ppo_row_specs(cfg)
     policies = {n: partial(load_checkpoint, cfg, trained[n].checkpoint) for n in ["SFT", *names, *(p[0] for p in ppo)]}

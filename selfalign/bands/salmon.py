@@ -502,9 +502,10 @@ class SALMONBand:
                              tuple(cfg.judge_verdicts), cfg.judge_sep)
         flat = orders.reshape(-1, 2)
         labels = (agreeing_labels(flat) if cfg.label_rule == "agree" else np.sign(flat.sum(1)).astype(int)).reshape(len(pairs), len(names))
-        gold = aspect_gold(judge, kept, pairs, names)
+        lab = make_judge(cfg, "labeller")  # the training pairs' gold labels: the labeller's (at `paper` not GPT-4: 2 calls a pair)
+        gold = aspect_gold(lab, kept, pairs, names)
         if gold is None:  # a judge without aspects: its overall preference stands for every principle
-            g = prefer_scores(judge.score(kept, [a for a, _ in pairs]), judge.score(kept, [b for _, b in pairs]), judge.tie)
+            g = prefer_scores(lab.score(kept, [a for a, _ in pairs]), lab.score(kept, [b for _, b in pairs]), lab.tie)
             table = [{"principle": k, "pairs": len(pairs), "labelled": int((labels[:, i] != 0).sum()),
                       "agrees_with_overall": float(np.mean((labels[:, i] == g)[labels[:, i] != 0])) if (labels[:, i] != 0).any() else None}
                      for i, k in enumerate(names)]
@@ -517,7 +518,7 @@ class SALMONBand:
         if len(ppairs) < 2: raise DataError(f"aggregation kept {len(ppairs)} rows from {len(pairs)} pairs ({agg}); raise n_prompts")
         rd.write_jsonl("principle_pairs.jsonl", ppairs)
         progress(f"aggregated: {agg}")
-        pmp, pmp_counts = pmp_pairs(cfg, policy, tokenizer, train[cfg.n_prompts:], judge, rt) if cfg.pmp != "none" else ([], {})
+        pmp, pmp_counts = pmp_pairs(cfg, policy, tokenizer, train[cfg.n_prompts:], lab, rt) if cfg.pmp != "none" else ([], {})
         if cfg.pmp != "none" and len(pmp) < 2: raise DataError(f"{len(pmp)} PMP pairs ({pmp_counts}); raise pmp_prompts")
         test = src.prompts(cfg.n_rm_eval, "test")
         tkept, tpairs, tcounts = sample_pairs(cfg, policy, tokenizer, test, cfg.seed + 29)

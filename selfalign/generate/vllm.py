@@ -240,6 +240,8 @@ class VLLMServer:
                  log_path: str | Path | None = None,  # its output (default: a temporary file)
                  start_timeout: float = 600.0,  # seconds from launch until /health must answer
                  wait: bool = True,  # wait until it is ready (False: return once launched; `wait_ready()` later)
+                 api_key: str | None = None,  # the key it requires (None: a random one, in memory only)
+                 served_name: str | None = None,  # the model name it answers to (None: a random `selfalign-…`)
                 ):
         self.host, self.python = "127.0.0.1", Path(python or default_vllm_python())
         if not self.python.exists():
@@ -247,8 +249,8 @@ class VLLMServer:
                                     f"${VLLM_PYTHON_ENV} at a Python with vllm installed")
         if port is not None and port_in_use(port, self.host):
             raise PortInUseError(f"port {port} on {self.host} is already in use; pass another, or port=None for a free one")
-        self.port, self.name = port or free_port(self.host), f"selfalign-{uuid.uuid4().hex[:12]}"
-        self._api_key = secrets.token_urlsafe(32)  # this server's; in memory only (see above)
+        self.port, self.name = port or free_port(self.host), served_name or f"selfalign-{uuid.uuid4().hex[:12]}"
+        self._api_key = api_key or secrets.token_urlsafe(32)  # this server's; in memory only (see above)
         self.log_path = Path(log_path) if log_path else Path(tempfile.mkdtemp(prefix="selfalign-vllm-")) / "server.log"
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         args = ["--model", str(model_dir), "--served-model-name", self.name, "--host", self.host, "--port", str(self.port),
