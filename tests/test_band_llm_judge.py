@@ -8,7 +8,7 @@ import subprocess
 
 import pytest
 
-from conftest import BIN
+from conftest import BIN, ROOT
 from selfalign.bands.base import DATA_CACHE, BandConfig, make_judge
 from selfalign.eval.benchmarks.mtbench import load_mtbench
 from selfalign.judges.llm import LLMJudge, LLMJudgeError
@@ -120,3 +120,25 @@ def test_the_labeller_makes_the_training_signal_and_the_judge_evaluates():
     with pytest.raises(ValueError, match="the oracle judges world prompts only"): BandConfig(prompts="offline", judge="proxy", labeller="oracle")
     with pytest.raises(ValueError, match="needs judge_model"): BandConfig(judge="proxy", prompts="offline", labeller="llm")
     with pytest.raises(ValueError, match="role must be"): make_judge(cfg, "evaluator")
+
+
+def test_win_rates_against_hh_rlhfs_chosen_responses(tmp_path):
+    "The DPO paper's evaluation: each policy's responses against the chosen ones, pairwise in both orders (the default judge: GOOD wins)."
+    from selfalign.bands.base import HHRLHFPrompts
+    from selfalign.bands.dpo import DPOBandConfig, chosen_win_rates
+    from selfalign.data.records import DataError
+    f, fixture = Fake(), str(ROOT / "tests" / "fixtures" / "hh_rlhf.jsonl")
+    try:
+        cfg = DPOBandConfig(policy="x", reward_init="x", prompts="hh-rlhf", pairs="hh-rlhf", pairs_files=fixture, judge="rm", win_vs_chosen=True,
+                            judge_model=MODEL, judge_base_url=f.url, judge_cache=str(tmp_path), ppo_gold_kl=None, ppo_kl_coefs=())
+        assert cfg.uses_llm()  # the run checks the endpoint and counts its calls though the RM judges the frontier
+        prompts = HHRLHFPrompts(fixture).prompts(4, "test")
+        n = len(prompts); assert n >= 2
+        samples = [{"policy": "SFT", "response": "meh"} for _ in prompts] + [{"policy": "DPO β=0.3", "response": "GOOD answer"} for _ in prompts]
+        rows = chosen_win_rates(cfg, prompts, samples, ["SFT", "DPO β=0.3"])
+        assert [(r["policy"], r["win_rate"], r["n"], r["judge"]) for r in rows] == [("SFT", 0.5, n, f"LLM judge {MODEL}"), ("DPO β=0.3", 1.0, n, f"LLM judge {MODEL}")]
+        assert len(f.requests) == 2 * 2 * n  # both orders, both policies, every prompt
+        assert all(any(p.text in u for p in prompts) for u in f.users())
+        with pytest.raises(DataError, match="not hh-rlhf's test prompts in order"): chosen_win_rates(cfg, prompts[::-1], samples, ["SFT"])
+        with pytest.raises(ValueError, match="needs prompts hh-rlhf and judge_model"): DPOBandConfig(judge="oracle", win_vs_chosen=True, judge_model=MODEL)
+    finally: f.httpd.shutdown(); f.httpd.server_close()

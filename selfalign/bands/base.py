@@ -17,11 +17,11 @@ from typing import Any, Callable, ClassVar, Protocol, Sequence
 # %% auto #0
 __all__ = ['SHARED_JUDGES', 'BENCHMARKS', 'ROW_MARKER', 'DATA_CACHE', 'TrainSpec', 'BandConfig', 'load_policy', 'policy_files',
            'train_stage', 'OfflinePrompts', 'HHRLHFPrompts', 'OASST1Prompts', 'prompt_source', 'llm_judge_cache_dir',
-           'make_judge', 'judge_usage', 'make_judge_name', 'chat_render', 'run_benchmarks', 'benchmark_table', 'Row',
-           'TrainedRow', 'Band', 'run_band', 'run_seeds', 'load_checkpoint', 'encode_data', 'decode_data',
-           'write_json_exact', 'read_json_exact', 'fingerprint', 'source_fingerprint', 'band_fingerprint',
-           'row_fingerprint', 'finished_row', 'mark_row', 'sibling_runs', 'resume_or_train', 'cached_data',
-           'cache_data', 'merged', 'rm_judge', 'train_ppo_row', 'round_rows', 'response_sep']
+           'make_judge', 'judge_usage', 'llm_judge', 'make_judge_name', 'chat_render', 'run_benchmarks',
+           'benchmark_table', 'Row', 'TrainedRow', 'Band', 'run_band', 'run_seeds', 'load_checkpoint', 'encode_data',
+           'decode_data', 'write_json_exact', 'read_json_exact', 'fingerprint', 'source_fingerprint',
+           'band_fingerprint', 'row_fingerprint', 'finished_row', 'mark_row', 'sibling_runs', 'resume_or_train',
+           'cached_data', 'cache_data', 'merged', 'rm_judge', 'train_ppo_row', 'round_rows', 'response_sep']
 
 # %% ../../nbs/bands/00_base.ipynb #447e23f6
 import numpy as np
@@ -109,6 +109,10 @@ class BandConfig(TrainSpec):
         if "llm" in (self.judge, self.labeller) and not self.judge_model:
             raise ValueError("judge 'llm' needs judge_model (the model its endpoint serves): -p judge_model NAME [-p judge_base_url URL]")
         self.launch_config().per_rank(self.batch_size, self.grad_accum)  # fails early, naming the fields, when they do not fit
+
+    def uses_llm(self) -> bool:
+        "Whether the run asks the LLM judge anything (then its endpoint is checked first and its calls are counted)."
+        return "llm" in (self.judge, self.labeller)
 
     def train_spec(self, **changes) -> TrainSpec:
         "The main row's optimisation settings, with `changes` for a row that trains differently."
@@ -235,14 +239,17 @@ def make_judge(judge: "str | BandConfig", role: str = "judge"):
 
 def judge_usage(cfg: "BandConfig") -> dict | None:
     "The calls, tokens, cache hits, retries and unparseable verdicts of the config's LLM judge so far (None: not an LLM judge)."
-    role = next((r for r in ("judge", "labeller") if make_judge_name(cfg, r) == "llm"), None)
-    return dict(make_judge(cfg, role).usage) if role else None  # both roles share the one judge of the endpoint
+    return dict(llm_judge(cfg).usage) if cfg.uses_llm() else None  # every role shares the one judge of the endpoint
+
+def llm_judge(cfg: "BandConfig") -> LLMJudge:
+    "The config's LLM judge (its `judge_model` at its endpoint), whatever role it plays in the run."
+    return make_judge(cfg if cfg.judge == "llm" else cfg.replace(judge="llm"))
 
 def make_judge_name(cfg: "BandConfig", role: str = "judge") -> str:
     "The name of the judge `make_judge(cfg, role)` builds."
     return (cfg.labeller or cfg.judge) if role == "labeller" else cfg.judge
 
-# %% ../../nbs/bands/00_base.ipynb #d1524caf
+# %% ../../nbs/bands/00_base.ipynb #6b30bcc5
 BENCHMARKS = ("static_hhh", "truthfulqa_mc1", "mt_bench")  # what a band config may name in `benchmarks`
 
 def _world_conversation(messages: list[dict]) -> str:
@@ -345,7 +352,7 @@ def run_band(band: Band, cfg: BandConfig, out: str | Path, progress: Callable = 
     if cfg.seeds: cfg = cfg.replace(seed=cfg.seeds[0], seeds=())
     out = Path(out); out.mkdir(parents=True, exist_ok=True); t0 = time.perf_counter(); secs = {}
     cfg.to_json(out / "band_config.json"); seed_everything(cfg.seed); u0 = judge_usage(cfg)
-    if u0 is not None: make_judge(cfg, "judge" if cfg.judge == "llm" else "labeller").check()  # the LLM judge's endpoint answers and serves its model, before any training
+    if u0 is not None: llm_judge(cfg).check()  # the LLM judge's endpoint answers and serves its model, before any training
     policy, tok = load_policy(cfg.policy, cfg.dtype)
     run_fp = band_fingerprint(band, cfg, policy)
     siblings = sibling_runs(out) if getattr(band, "selection_fields", ()) else []

@@ -13,20 +13,21 @@ from typing import ClassVar, Sequence
 
 # %% auto #0
 __all__ = ['DPOBandConfig', 'band_prompts', 'pair_judge', 'sampled_pairs', 'dataset_pairs', 'dpo_data', 'split_phases',
-           'ppo_prompts', 'ppo_row_specs', 'dpo_rows', 'train_dpo_row', 'evaluate_band', 'training_curves',
-           'dpo_claims', 'frontier_vs_ppo', 'DPOBand', 'band_tables', 'plot_frontier', 'plot_curves']
+           'ppo_prompts', 'ppo_row_specs', 'dpo_rows', 'train_dpo_row', 'evaluate_band', 'chosen_win_rates',
+           'training_curves', 'dpo_claims', 'frontier_vs_ppo', 'DPOBand', 'band_tables', 'plot_frontier', 'plot_curves']
 
 # %% ../../nbs/bands/12_dpo.ipynb #7cb0a3e5
 import numpy as np
 from ..core.base import diff_ci, make_claim, paired_bootstrap_ci, seed_everything
 from ..data.records import DataError, PreferencePair, SFTExample, read_jsonl
+from ..eval.benchmarks.alpaca_eval import pairwise_winrate
 from ..eval.policy import best_of_n, bon_picks, estimate, evaluate_policies, interp_frontier, sample_policy
 from ..judges.base import BandPrompt, prefer_scores
 from ..models.loader import apply_umask
 from ..trainers.stages import (PreferenceStageConfig, RewardStageConfig, SFTStageConfig, StageResult, phase_split,
                                        load_reward_model, reward_model_from, reward_scores)
-from .base import (SHARED_JUDGES, BandConfig, Row, load_checkpoint, load_policy, make_judge, merged, prompt_source, rm_judge,
-                                  round_rows, train_ppo_row, train_stage)
+from .base import (SHARED_JUDGES, BandConfig, HHRLHFPrompts, Row, llm_judge, load_checkpoint, load_policy, make_judge, merged,
+                                  prompt_source, rm_judge, round_rows, train_ppo_row, train_stage)
 
 # %% ../../nbs/bands/12_dpo.ipynb #afcac1fe
 @dataclass(frozen=True)
@@ -53,13 +54,18 @@ class DPOBandConfig(BandConfig):
     ppo_mini_batches: int = 2  # minibatches per pass
     ppo_lr: float = 2e-4  # PPO's learning rate (policy and critic), constant
     gen_batch_size: int = 256  # rows per generation call
+    win_vs_chosen: bool = False  # the DPO paper's evaluation: each policy's LLM-judged pairwise win rate against hh-rlhf's chosen test responses (prompts hh-rlhf, `judge_model`)
     OPTIONAL: ClassVar[tuple[str, ...]] = (*BandConfig.OPTIONAL, "ppo_gold_kl")
+
+    def uses_llm(self) -> bool: return super().uses_llm() or self.win_vs_chosen
 
     def __post_init__(self):
         super().__post_init__()
         if self.beta not in self.betas: raise ValueError(f"beta {self.beta} must be one of betas {self.betas}")
         if self.judge not in (*SHARED_JUDGES, "rm"): raise ValueError(f"judge must be one of {(*SHARED_JUDGES, 'rm')}, got {self.judge!r}")
         if self.judge == "rm" and self.pairs == "sampled": raise ValueError("sampled pairs need a judge other than the RM they train")
+        if self.win_vs_chosen and (self.prompts != "hh-rlhf" or not self.judge_model):
+            raise ValueError("win_vs_chosen compares with hh-rlhf's chosen responses by an LLM judge: it needs prompts hh-rlhf and judge_model")
 
 # %% ../../nbs/bands/12_dpo.ipynb #d77504df
 def band_prompts(cfg: DPOBandConfig, tokenizer, n: int, split: str) -> list[BandPrompt]:
@@ -202,6 +208,24 @@ def evaluate_band(cfg: DPOBandConfig, trained: dict, tokenizer, rm, prompts: Seq
     return {"policies": rows, "best_of_n": best_of_n(rm_all, gold_all, cfg.bon_ns), "samples": samples, "judge": judge.name,
             "per_prompt": per}  # every policy on the same prompts: the claims' paired intervals
 
+# %% ../../nbs/bands/12_dpo.ipynb #acd6aa4d
+def chosen_win_rates(cfg: DPOBandConfig, prompts: Sequence[BandPrompt], samples: Sequence[dict], policies: Sequence[str]) -> list[dict]:
+    """The DPO paper's evaluation: per policy, the LLM judge's pairwise win rate (both orders; raw and length-controlled,
+    95% intervals) of its response against hh-rlhf's chosen response to the same held-out prompt. `prompts` are
+    `HHRLHFPrompts`' (the test split in the dataset's order, as the chosen responses are read again here)."""
+    from selfalign.data.corpora import load_hh_rlhf
+    pairs, _ = load_hh_rlhf(data_files=cfg.pairs_files, split="test", limit=len(prompts))
+    if HHRLHFPrompts(cfg.pairs_files).prompts(len(prompts), "test") != list(prompts):
+        raise DataError("the held-out prompts are not hh-rlhf's test prompts in order: win_vs_chosen needs prompts hh-rlhf")
+    chosen, judge, rows = [p.chosen.strip() for p in pairs[:len(prompts)]], llm_judge(cfg), []
+    for name in policies:
+        texts = [s["response"] for s in samples if s["policy"] == name]
+        r = pairwise_winrate(judge, [p.text for p in prompts], texts, chosen, seed=cfg.seed)
+        rows.append({"policy": name, **{k: r[k] for k in ("win_rate", "win_ci95", "lc_win_rate", "lc_ci95", "ties", "unparseable", "position_bias", "n")},
+                     "judge": r["judge"]})
+    return rows
+
+
 # %% ../../nbs/bands/12_dpo.ipynb #5756d780
 def training_curves(trained: dict, betas: Sequence[float]) -> dict:
     "Per-step logs: DPO reward accuracy / margin / loss per β, RM loss / accuracy."
@@ -271,8 +295,12 @@ class DPOBand:
         r = reward_scores(self.rm, tokenizer, [p.prompt for p in rm_eval], [p.rejected for p in rm_eval])
         correct = (c > r).float().tolist()
         acc = estimate(correct)
-        ev = evaluate_band(cfg, trained, tokenizer, self.rm, band_prompts(cfg, tokenizer, cfg.n_eval, "test"), progress)
+        prompts = band_prompts(cfg, tokenizer, cfg.n_eval, "test")
+        ev = evaluate_band(cfg, trained, tokenizer, self.rm, prompts, progress)
         ev["per_prompt"]["rm_correct"] = correct  # per held-out pair
+        if cfg.win_vs_chosen:
+            progress(f"pairwise against hh-rlhf's chosen responses, judged by {cfg.judge_model}")
+            ev["win_vs_chosen"] = chosen_win_rates(cfg, prompts, ev["samples"], [r["policy"] for r in ev["policies"]])
         sizes = {"sft": len(data["sft"]), "rm_train": len(data["rm_train"]), "rm_eval": len(data["rm_eval"]), "dpo": len(data["dpo"])}
         return {"pair_counts": data["pair_counts"], "phase_sizes": sizes, "rm_accuracy": acc.mean, "rm_accuracy_ci95": list(acc.ci95),
                 "rm_eval_pairs": acc.n, **ev, "curves": training_curves(trained, cfg.betas)}
@@ -289,7 +317,8 @@ def band_tables(res: dict, table_betas: Sequence[float] = (0.1, 0.3)) -> dict:
     bon = round_rows(res["best_of_n"])
     rm = [{"rm_accuracy": r3(res["rm_accuracy"]), "ci95_lo": r3(res["rm_accuracy_ci95"][0]),
            "ci95_hi": r3(res["rm_accuracy_ci95"][1]), "n": res["rm_eval_pairs"]}]
-    return {"policies": main, "win_rate": wins, "best_of_n": bon, "reward_model": rm}
+    chosen = {"win_vs_chosen": round_rows(res["win_vs_chosen"])} if "win_vs_chosen" in res else {}  # the DPO paper's GPT-4 table
+    return {"policies": main, "win_rate": wins, "best_of_n": bon, "reward_model": rm, **chosen}
 
 def plot_frontier(res: dict, ax=None, ylabel: str = "gold reward (oracle)"):
     "Gold reward vs KL(π‖π_ref): DPO per β, PPO per KL coefficient, best-of-N under the trained RM, and the SFT model."
