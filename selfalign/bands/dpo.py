@@ -208,7 +208,7 @@ def evaluate_band(cfg: DPOBandConfig, trained: dict, tokenizer, rm, prompts: Seq
     return {"policies": rows, "best_of_n": best_of_n(rm_all, gold_all, cfg.bon_ns), "samples": samples, "judge": judge.name,
             "per_prompt": per}  # every policy on the same prompts: the claims' paired intervals
 
-# %% ../../nbs/bands/12_dpo.ipynb #acd6aa4d
+# %% ../../nbs/bands/12_dpo.ipynb #7733071a
 def chosen_win_rates(cfg: DPOBandConfig, prompts: Sequence[BandPrompt], samples: Sequence[dict], policies: Sequence[str]) -> list[dict]:
     """The DPO paper's evaluation: per policy, the LLM judge's pairwise win rate (both orders; raw and length-controlled,
     95% intervals) of its response against hh-rlhf's chosen response to the same held-out prompt. `prompts` are
