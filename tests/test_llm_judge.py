@@ -134,12 +134,17 @@ def test_grade_reference_turns_and_judge_protocol(fake):
 
 
 def test_malformed_verdicts_are_retried_then_unparseable(fake):
-    fake.reply = lambda m: "I would say A is better, rating seven."
+    said = iter(range(100))
+    fake.reply = lambda m: f"I would say A is better, rating seven ({next(said)})."  # malformed, differently each time
     j = judge(fake)
     assert j.grade(["q"], ["a"]) == [None]
     assert len(fake.requests) == 1 + j.malformed_retries and j.usage["unparseable"] == 1
+    fake.requests.clear()
+    fake.reply = lambda m: "I would say A is better, rating seven."  # a greedy judge: the same words again
+    assert j.grade(["q1"], ["a"]) == [None] and len(fake.requests) == 2  # asked once more, not `malformed_retries` times
+    fake.requests.clear()
     r = j.pairwise(["q"], ["x"], ["y"])
-    assert r.unparseable == [True] and r.outcome.tolist() == [0] and r.first == [None] and np.isnan(r.position_bias)
+    assert len(fake.requests) == 2 * 2 and r.unparseable == [True] and r.outcome.tolist() == [0] and r.first == [None] and np.isnan(r.position_bias)
     assert np.isnan(j.score([BandPrompt("q", "unknown", "q")], ["a"])[0])
     fake.requests.clear()
     replies = iter(["Rating: 7", "Rating: [[7]]"])  # malformed once, then well formed in a fresh call

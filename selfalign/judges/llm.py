@@ -127,7 +127,7 @@ def _retry_after(err) -> float | None:
 
 class LLMJudge:
     "A judge that asks a chat model over an OpenAI-compatible endpoint."
-    malformed_retries = 2  # fresh calls after a malformed verdict before it counts as unparseable
+    malformed_retries = 2  # fresh calls after a malformed verdict before it counts as unparseable (fewer when a reply repeats word for word)
     backoff, max_backoff = 0.5, 30.0  # seconds: first retry's wait, and the cap
     def __init__(self, model: str, base_url: str | None = None, api_key_env: str = "OPENAI_API_KEY",
                  cache_dir: str | Path | None = None, concurrency: int = 4, max_retries: int = 5,
@@ -211,7 +211,7 @@ class LLMJudge:
         for _ in range(self.malformed_retries + 1):
             texts.append(self._call(messages))
             verdict = parse(texts[-1])
-            if verdict is not None: break
+            if verdict is not None or texts[-1:] == texts[-2:-1]: break  # well formed, or repeated word for word: a greedy judge says it again
         if verdict is None: self._count(unparseable=1)
         self.cache.put(key, {"model": self.model, "kind": kind, "verdict": verdict, "replies": texts})
         return verdict
