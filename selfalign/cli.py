@@ -462,6 +462,8 @@ def serve(args) -> int:
     print(f"serving {name!r} at {server.url}/v1 (pid {server.pid}; log: {server.log_path}); Ctrl-C stops it. A run judged by it:\n"
           f"  selfalign reproduce PAPER ... -p judge llm -p judge_model {name} -p judge_base_url {server.url}/v1 "
           f"-p judge_api_key_env {args.api_key_env}", flush=True)
+    def stop(*_): raise KeyboardInterrupt
+    signal.signal(signal.SIGTERM, stop)  # `kill` stops it as Ctrl-C does (a background job ignores SIGINT)
     try:
         while server.running(): time.sleep(1)
         print(f"selfalign: error: the server exited (log: {server.log_path})", file=sys.stderr); return 1
