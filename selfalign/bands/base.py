@@ -77,6 +77,7 @@ class BandConfig(TrainSpec):
     judge_api_key_env: str = "OPENAI_API_KEY"  # judge "llm": the environment variable holding its key (the key is never written)
     judge_cache: str | None = None  # judge "llm": folder of its verdict cache (None: `llm_judge_cache_dir()`): a re-run pays nothing
     judge_max_tokens: int = 512  # judge "llm": longest verdict (a small local judge that rambles: lower it)
+    judge_guided: bool = False  # judge "llm": each reply held to its verdict's form by vLLM's structured outputs (local vLLM servers only)
     benchmarks: tuple[str, ...] = ()  # the paper's benchmarks, after the band's evaluation, on the SFT model and `benchmark_rows`: "static_hhh", "truthfulqa_mc1" (log-probabilities), "mt_bench" (graded by the LLM judge)
     benchmark_rows: tuple[str, ...] = ()  # trained rows (their table names) the benchmarks also run on
     benchmark_limit: int = 0  # the first N items of each benchmark (0: all of them)
@@ -232,8 +233,10 @@ def make_judge(judge: "str | BandConfig", role: str = "judge"):
     if name == "llm":
         if isinstance(judge, str) or not judge.judge_model:
             raise JudgeUnavailable("the LLM judge is built from a band config naming judge_model (and judge_base_url for a server other than OpenAI's)")
-        key = (judge.judge_model, judge.judge_base_url, judge.judge_api_key_env, str(judge.judge_cache or llm_judge_cache_dir()), judge.judge_max_tokens)
-        if key not in _LLM_JUDGES: _LLM_JUDGES[key] = LLMJudge(key[0], base_url=key[1], api_key_env=key[2], cache_dir=key[3], max_tokens=key[4])
+        key = (judge.judge_model, judge.judge_base_url, judge.judge_api_key_env, str(judge.judge_cache or llm_judge_cache_dir()), judge.judge_max_tokens,
+               judge.judge_guided)
+        if key not in _LLM_JUDGES:
+            _LLM_JUDGES[key] = LLMJudge(key[0], base_url=key[1], api_key_env=key[2], cache_dir=key[3], max_tokens=key[4], guided=key[5])
         return _LLM_JUDGES[key]
     raise JudgeUnavailable(f"judge {name!r} is not one the band layer can build {SHARED_JUDGES}; "
                            "a reward-model judge exists only once its band has trained it")

@@ -17,8 +17,8 @@ from string import Template
 from typing import Sequence
 
 # %% auto #0
-__all__ = ['judge_template', 'render_dialogue', 'parse_pairwise', 'parse_grade', 'JudgeCache', 'cache_key', 'LLMJudgeError',
-           'PairwiseResult', 'combine_orders', 'LLMJudge']
+__all__ = ['GUIDED', 'judge_template', 'render_dialogue', 'parse_pairwise', 'parse_grade', 'JudgeCache', 'cache_key',
+           'LLMJudgeError', 'PairwiseResult', 'combine_orders', 'LLMJudge']
 
 # %% ../../nbs/judges/30_llm.ipynb #1771f664
 import numpy as np
@@ -52,6 +52,7 @@ def _reference(ref) -> str:
 # %% ../../nbs/judges/30_llm.ipynb #0ed16bf1
 _PAIR = re.compile(r"\[\[([ABC])\]\]")
 _RATING = re.compile(r"Rating:\s*\[\[(\d+(?:\.\d+)?)\]\]")
+GUIDED = {"pairwise": r"\[\[(A|B|C)\]\]", "grade": r"Rating: \[\[(10|[1-9])\]\]"}  # the verdict alone, for `guided` judges
 
 def parse_pairwise(text: str) -> str | None:
     "'A', 'B' or 'C' (tie) when the reply holds exactly one distinct verdict, else None."
@@ -132,10 +133,11 @@ class LLMJudge:
     def __init__(self, model: str, base_url: str | None = None, api_key_env: str = "OPENAI_API_KEY",
                  cache_dir: str | Path | None = None, concurrency: int = 4, max_retries: int = 5,
                  timeout: float = 60.0, temperature: float = 0.0, max_tokens: int = 512,
-                 pairwise_template: str = "pairwise", grade_template: str = "grade", name: str | None = None):
+                 pairwise_template: str = "pairwise", grade_template: str = "grade", name: str | None = None,
+                 guided: bool = False):  # constrain each reply to its verdict (`GUIDED`) with vLLM's structured outputs: a small local judge then always answers in form (vLLM servers only)
         import openai
         self.model, self.base_url, self.concurrency, self.max_retries = model, base_url, max(1, concurrency), max_retries
-        self.temperature, self.max_tokens, self.name = temperature, max_tokens, name or f"LLM judge {model}"
+        self.temperature, self.max_tokens, self.name, self.guided = temperature, max_tokens, name or f"LLM judge {model}", guided
         self.tie = 0.5  # grades are whole numbers: equal grades tie
         self.templates = {k: judge_template(t) for k, t in
                           [("pairwise", pairwise_template), ("pairwise_multi", f"{pairwise_template}_multi"),
@@ -159,14 +161,15 @@ class LLMJudge:
         tmpl_hash = hashlib.sha256((system + _SEP + user).encode()).hexdigest()
         return tmpl_hash, [{"role": "system", "content": system}, {"role": "user", "content": Template(user).safe_substitute(values)}]
 
-    def _call(self, messages: list[dict]) -> str:
-        "One chat completion, retried on transient failures."
+    def _call(self, messages: list[dict], kind: str | None = None) -> str:
+        "One chat completion (its reply held to `GUIDED[kind]` when the judge is `guided`), retried on transient failures."
         import openai
         where = self.base_url or "the OpenAI API"
         for attempt in range(self.max_retries + 1):
             try:
+                extra = {"extra_body": {"structured_outputs": {"regex": GUIDED[kind]}}} if self.guided and kind in GUIDED else {}
                 r = self._client.chat.completions.create(model=self.model, messages=messages,
-                                                         temperature=self.temperature, max_tokens=self.max_tokens)
+                                                         temperature=self.temperature, max_tokens=self.max_tokens, **extra)
                 u = r.usage
                 self._count(calls=1, prompt_tokens=getattr(u, "prompt_tokens", 0) or 0, completion_tokens=getattr(u, "completion_tokens", 0) or 0)
                 return (r.choices[0].message.content or "") if r.choices else ""
@@ -204,12 +207,13 @@ class LLMJudge:
     def _ask(self, kind: str, parse, request: tuple):
         "A parsed verdict for one request (cached; a malformed verdict asked again, then None)."
         tmpl_hash, messages = request
-        key = cache_key(model=self.model, template=tmpl_hash, messages=messages, temperature=self.temperature, max_tokens=self.max_tokens)
+        key = cache_key(model=self.model, template=tmpl_hash, messages=messages, temperature=self.temperature, max_tokens=self.max_tokens,
+                        **({"guided": GUIDED[kind]} if self.guided else {}))
         hit = self.cache.get(key)
         if hit is not None: self._count(cache_hits=1, unparseable=hit["verdict"] is None); return hit["verdict"]
         texts = []
         for _ in range(self.malformed_retries + 1):
-            texts.append(self._call(messages))
+            texts.append(self._call(messages, kind))
             verdict = parse(texts[-1])
             if verdict is not None or texts[-1:] == texts[-2:-1]: break  # well formed, or repeated word for word: a greedy judge says it again
         if verdict is None: self._count(unparseable=1)
