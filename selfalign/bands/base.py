@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any, Callable, ClassVar, Protocol, Sequence
 
 # %% auto #0
-__all__ = ['SHARED_JUDGES', 'BENCHMARKS', 'ROW_MARKER', 'DATA_CACHE', 'TrainSpec', 'BandConfig', 'load_policy', 'policy_files',
+__all__ = ['BENCHMARKS', 'SHARED_JUDGES', 'ROW_MARKER', 'DATA_CACHE', 'TrainSpec', 'BandConfig', 'load_policy', 'policy_files',
            'train_stage', 'OfflinePrompts', 'HHRLHFPrompts', 'OASST1Prompts', 'prompt_source', 'llm_judge_cache_dir',
            'make_judge', 'judge_usage', 'llm_judge', 'make_judge_name', 'chat_render', 'run_benchmarks',
            'benchmark_table', 'Row', 'TrainedRow', 'Band', 'run_band', 'run_seeds', 'load_checkpoint', 'encode_data',
@@ -63,6 +63,8 @@ class TrainSpec(StageConfig):
                     warmup_steps=self.warmup_steps, max_grad_norm=self.max_grad_norm, batch_size=self.batch_size,
                     gradient_accumulation_steps=self.grad_accum, max_length=self.max_length, seed=seed,
                     logging_steps=1, bf16=bf16)
+
+BENCHMARKS = ("static_hhh", "truthfulqa_mc1", "mt_bench")  # what a band config may name in `benchmarks`
 
 @dataclass(frozen=True)
 class BandConfig(TrainSpec):
@@ -254,8 +256,6 @@ def make_judge_name(cfg: "BandConfig", role: str = "judge") -> str:
     return (cfg.labeller or cfg.judge) if role == "labeller" else cfg.judge
 
 # %% ../../nbs/bands/00_base.ipynb #6b30bcc5
-BENCHMARKS = ("static_hhh", "truthfulqa_mc1", "mt_bench")  # what a band config may name in `benchmarks`
-
 def _world_conversation(messages: list[dict]) -> str:
     "A conversation as the world's dialogue (earlier turns as demonstrations)."
     return W.render_dialogue(messages[-1]["content"], demos=[(messages[j]["content"], messages[j + 1]["content"]) for j in range(0, len(messages) - 1, 2)])
@@ -480,7 +480,7 @@ def fingerprint(*parts) -> str:
 @functools.cache
 def source_fingerprint() -> str:
     "The installed package's code and data files (a hash over every file under `selfalign/` but byte code): any edit changes it."
-    root, h = Path(__file__).resolve().parents[1], hashlib.sha256()
+    root, h = Path(importlib.import_module("selfalign").__file__).resolve().parent, hashlib.sha256()
     for p in sorted(root.rglob("*")):
         if p.is_file() and "__pycache__" not in p.parts and p.suffix != ".pyc":
             h.update(p.relative_to(root).as_posix().encode() + b"\0" + p.read_bytes() + b"\0")
