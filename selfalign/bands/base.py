@@ -280,6 +280,7 @@ def run_benchmarks(cfg: BandConfig, trained: dict, tokenizer, progress: Callable
     items = {b: items[b]() for b in cfg.benchmarks}
     policies = {"SFT": lambda: load_policy(cfg.policy, cfg.dtype)[0], **{r: partial(load_checkpoint, cfg, trained[r].checkpoint) for r in cfg.benchmark_rows}}
     out: dict = {b: {} for b in cfg.benchmarks}
+    render, stop = chat_render(cfg, tokenizer)
     for name, load in policies.items():
         model = merged(load()).eval()
         for b in cfg.benchmarks:
@@ -287,7 +288,6 @@ def run_benchmarks(cfg: BandConfig, trained: dict, tokenizer, progress: Callable
             if b == "static_hhh": out[b][name] = static_hhh(model, tokenizer, items[b])
             elif b == "truthfulqa_mc1": out[b][name] = truthfulqa_mc1(model, tokenizer, *items[b])
             else:
-                render, stop = chat_render(cfg, tokenizer)
                 r = mtbench(HFGenerator(model, tokenizer, batch_size=cfg.gen_batch_size, dtype="fp32"), make_judge(cfg), items[b], render,
                             max_new_tokens=cfg.max_new_tokens, seed=cfg.seed, stop=stop)
                 per_q = [np.mean(v) for g in r["grades"] if (v := [x for x in (g["turn_1"], g["turn_2"]) if x is not None])]
@@ -364,7 +364,8 @@ def run_band(band: Band, cfg: BandConfig, out: str | Path, progress: Callable = 
     for s in siblings if data is None else []:  # another config of the paper built the same data: copied, with its files
         if (data := cached_data(s, run_fp)) is not None:
             src = s
-            for f in (DATA_CACHE, *getattr(band, "data_files", ())): (s / f).exists() and shutil.copy2(s / f, out / f)
+            for f in (DATA_CACHE, *getattr(band, "data_files", ())):
+                if (s / f).exists(): shutil.copy2(s / f, out / f)
             break
     resumed = {"data": data is not None, "rows": []}
     if data is not None: progress(f"data: reused from {src / DATA_CACHE}")
