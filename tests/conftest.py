@@ -22,11 +22,19 @@ import pytest  # noqa: E402
 from filelock import FileLock  # noqa: E402
 
 
+@pytest.hookimpl(tryfirst=True)  # before xdist's own hook reads the marks into the test ids
 def pytest_collection_modifyitems(config, items):
     """Under xdist's loadgroup: a test file runs on one worker (its module fixtures are built once); the files whose tests
     share nothing but the session's tiny runs (each run once, under a lock) spread out."""
     for item in items:
         if item.path.name not in SPREAD: item.add_marker(pytest.mark.xdist_group(item.path.stem))
+
+
+def pytest_xdist_node_collection_finished(node, ids):
+    "xdist groups a test by appending `@group` to its id: where it did not, every file's module fixtures would be built on both workers."
+    if node.config.getvalue("dist") == "loadgroup" and (lost := [i for i in ids if "@" not in i and i.split("::")[0].rsplit("/")[-1] not in SPREAD]):
+        raise pytest.UsageError(f"--dist loadgroup did not group {len(lost)} tests (e.g. {lost[0]}): pytest and pytest-xdist "
+                                "do not fit together; use the versions in requirements/base.txt")
 
 
 SPREAD = {"test_notebooks.py", "test_seeds.py", "test_claims.py"}

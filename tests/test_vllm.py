@@ -123,7 +123,7 @@ def test_protocol_fingerprint_cache(world_vllm, world_hf, tmp_path):
 
 def test_server_wants_its_own_key(servers, world_vllm):
     "Each server has a random API key: a request without it (or with another) is refused; it is in no file and no argv."
-    s, body = world_vllm.server, {"model": world_vllm.server.name, "prompt": [1], "max_tokens": 1}
+    s, body = world_vllm.server.wait_ready(), {"model": world_vllm.server.name, "prompt": [1], "max_tokens": 1}
     with pytest.raises(VLLMRequestError, match="HTTP 401"):  # a request as anyone on this host could send it
         request_json(f"{s.url}/v1/completions", body)
     for key in ("not-the-key", servers["victim"].server._api_key):
