@@ -30,6 +30,7 @@ def pytest_collection_modifyitems(config, items):
         if item.path.name not in SPREAD: item.add_marker(pytest.mark.xdist_group(item.path.stem))
 
 
+@pytest.hookimpl(optionalhook=True)  # (an xdist hook: absent under -p no:xdist)
 def pytest_xdist_node_collection_finished(node, ids):
     "xdist groups a test by appending `@group` to its id: where it did not, every file's module fixtures would be built on both workers."
     if node.config.getvalue("dist") == "loadgroup" and (lost := [i for i in ids if "@" not in i and i.split("::")[0].rsplit("/")[-1] not in SPREAD]):

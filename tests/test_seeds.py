@@ -45,3 +45,10 @@ def test_band_runs_at_other_seeds_and_pools_them(paper, tmp_path):
         if isinstance(o, dict): return all(lengths(o[k], n1[k], n2[k]) for k in o)
         return o is None or len(o) == len(n1) + len(n2)
     assert lengths(pooled, one, two)
+    # the tables pool the seeds too: a number that differs between them is their mean, each seed's value beside it
+    pooled_cells = [(r[k[:-len("_by_seed")]], v) for name, rows in m["tables"].items() if name != "claims_by_seed" and isinstance(rows, list)
+                    for r in rows if isinstance(r, dict) for k, v in r.items() if k.endswith("_by_seed")]
+    assert pooled_cells, f"{paper}: no table pooled over the seeds"
+    for value, per_seed in pooled_cells:
+        assert len(per_seed) == 2
+        if value is not None: assert value == pytest.approx(sum(per_seed) / 2, abs=1e-4)

@@ -18,15 +18,16 @@ from typing import Any, Callable, ClassVar, Protocol, Sequence
 __all__ = ['BENCHMARKS', 'SHARED_JUDGES', 'ROW_MARKER', 'DATA_CACHE', 'TrainSpec', 'BandConfig', 'load_policy', 'policy_files',
            'train_stage', 'OfflinePrompts', 'HHRLHFPrompts', 'OASST1Prompts', 'prompt_source', 'llm_judge_cache_dir',
            'make_judge', 'judge_usage', 'llm_judge', 'make_judge_name', 'chat_render', 'run_benchmarks',
-           'benchmark_table', 'Row', 'TrainedRow', 'Band', 'run_band', 'run_seeds', 'load_checkpoint', 'encode_data',
-           'decode_data', 'write_json_exact', 'read_json_exact', 'fingerprint', 'source_fingerprint',
+           'benchmark_table', 'Row', 'TrainedRow', 'Band', 'run_band', 'run_seeds', 'seed_tables', 'load_checkpoint',
+           'encode_data', 'decode_data', 'write_json_exact', 'read_json_exact', 'fingerprint', 'source_fingerprint',
            'band_fingerprint', 'row_fingerprint', 'finished_row', 'mark_row', 'sibling_runs', 'resume_or_train',
            'cached_data', 'cache_data', 'merged', 'rm_judge', 'train_ppo_row', 'round_rows', 'response_sep']
 
 # %% ../../nbs/bands/00_base.ipynb #447e23f6
 import numpy as np
 from .. import __version__
-from ..core.base import RunDir, StageConfig, atomic_write_json, atomic_write_text, bootstrap_ci, concat_outcomes, seed_everything, seed_rows
+from ..core.base import (RunDir, StageConfig, atomic_write_json, atomic_write_text, bootstrap_ci, concat_outcomes, pool_tables,
+                                 seed_everything, seed_rows)
 from ..data.records import CHAT_TEMPLATES
 from ..eval.benchmarks.hhh import load_static_hhh, static_hhh
 from ..eval.benchmarks.mtbench import load_mtbench, mtbench
@@ -394,8 +395,9 @@ def run_band(band: Band, cfg: BandConfig, out: str | Path, progress: Callable = 
 
 def run_seeds(band: Band, cfg: BandConfig, out: str | Path, progress: Callable = print) -> dict:
     """Every seed of `cfg.seeds` run in full into `out/seed-<s>/` (each resumable); the first seed's results with every
-    seed's per-prompt outcomes laid end to end, the band's claims on them (pooled over seeds × prompts), and
-    `claims_by_seed`: each seed's value of every claim beside the pooled one. A band's claims read only `results`."""
+    seed's per-prompt outcomes laid end to end, the band's claims on them (pooled over seeds × prompts),
+    `claims_by_seed`: each seed's value of every claim beside the pooled one, and `by_seed`: each seed's results (without
+    per-prompt outcomes), in the order of `seeds`, for `seed_tables`. A band's claims read only `results`."""
     out, runs = Path(out), {}
     for i, s in enumerate(cfg.seeds):
         progress(f"seed {s} ({i + 1} of {len(cfg.seeds)})")
@@ -404,10 +406,18 @@ def run_seeds(band: Band, cfg: BandConfig, out: str | Path, progress: Callable =
     pooled = {**first, "per_prompt": concat_outcomes([r["per_prompt"] for r in runs.values()]), "seeds": list(cfg.seeds)}
     pooled["claims"] = band.claims(cfg.replace(seed=cfg.seeds[0], seeds=()), None, pooled)
     pooled["claims_by_seed"] = seed_rows({s: r["claims"] for s, r in runs.items()}, pooled["claims"])
+    pooled["by_seed"] = [{k: v for k, v in runs[s].items() if k != "per_prompt"} for s in cfg.seeds]
     pooled["seconds"] = {k: round(sum(r["seconds"].get(k, 0.0) for r in runs.values()), 1) for k in first["seconds"]}
     if "judge_usage" in first: pooled["judge_usage"] = {k: sum(r["judge_usage"][k] for r in runs.values()) for k in first["judge_usage"]}
     atomic_write_json(out / "results.json", pooled)
     return pooled
+
+def seed_tables(res: dict,  # `run_band`'s results
+                make: Callable[[dict], dict],  # one run's results → its tables (the band's table function)
+               ) -> dict:
+    "The band's tables: over several seeds, each seed's tables pooled (`pool_tables`: means with each seed's values); else the run's."
+    if len(res.get("by_seed", ())) < 2: return make(res)
+    return pool_tables({s: make(r) for s, r in zip(res["seeds"], res["by_seed"])})
 
 def load_checkpoint(cfg: BandConfig, folder: str | Path):
     "A trained row's policy from its folder: full weights, or the base it was trained from with the saved LoRA adapter."

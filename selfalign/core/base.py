@@ -14,8 +14,8 @@ from typing import Any, Literal, Union, get_args, get_origin, get_type_hints
 # %% auto #0
 __all__ = ['VERDICTS', 'SCALES', 'seed_everything', 'current_umask', 'atomic_write_text', 'atomic_write_json', 'git_state',
            'device_info', 'env_info', 'verdict', 'make_claim', 'bootstrap_ci', 'paired_bootstrap_ci', 'diff_ci',
-           'concat_outcomes', 'seed_rows', 'MetricsError', 'validate_metrics', 'RunDir', 'ConfigError', 'StageConfig',
-           'stage_main']
+           'concat_outcomes', 'seed_rows', 'pool_tables', 'MetricsError', 'validate_metrics', 'RunDir', 'ConfigError',
+           'StageConfig', 'stage_main']
 
 # %% ../../nbs/core/00_base.ipynb #0b77d04c
 import numpy as np
@@ -210,6 +210,40 @@ def seed_rows(per_seed: dict,  # seed → that seed's claims
         rows.append({**row, "pooled": None if c["value"] is None else round(c["value"], 4),
                      "ci95": None if c["ci95"] is None else [round(x, 4) for x in c["ci95"]], "verdict": c["verdict"]})
     return rows
+
+# %% ../../nbs/core/00_base.ipynb #2368bf48
+def _numeric(v) -> bool: return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+def _lines_up(rows: tuple) -> bool:
+    "Are these rows (one per seed) the same row: the same columns, and the same labels (texts and flags)?"
+    return all(r.keys() == rows[0].keys() for r in rows) and not any(
+        isinstance(r[k], (str, bool)) and r[k] != rows[0][k] for r in rows for k in rows[0])
+
+def pool_tables(per_seed: dict,  # seed → that seed's tables (name → list of row dicts), every seed from the same config
+               ) -> dict:
+    """One set of tables over the seeds. Where a table's rows line up across seeds (same columns, same labels), each
+    number that varies is the mean over seeds with every seed's value beside it in `<column>_by_seed`; an interval (a
+    list) that varies is given by seed only (the pooled intervals are the claims'). A table whose rows do not line up is
+    laid end to end, seed after seed, with a `seed` column."""
+    seeds = list(per_seed)
+    out = {}
+    for name in per_seed[seeds[0]]:
+        tabs = [per_seed[s].get(name) for s in seeds]
+        if any(not isinstance(t, list) for t in tabs):
+            out[name] = tabs[0]; continue
+        if len({len(t) for t in tabs}) != 1 or not all(isinstance(r, dict) for t in tabs for r in t) or not all(map(_lines_up, zip(*tabs))):
+            out[name] = [{"seed": s, **r} for s, t in zip(seeds, tabs) for r in t]; continue
+        pooled = []
+        for rows in zip(*tabs):
+            row = {}
+            for k, v in rows[0].items():
+                vals = [r[k] for r in rows]
+                if all(x == v for x in vals): row[k] = v
+                elif all(_numeric(x) for x in vals): row[k], row[f"{k}_by_seed"] = round(sum(vals) / len(vals), 4), vals
+                else: row[k], row[f"{k}_by_seed"] = None, vals
+            pooled.append(row)
+        out[name] = pooled
+    return out
 
 # %% ../../nbs/core/00_base.ipynb #458f138b
 class MetricsError(ValueError):
