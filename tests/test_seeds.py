@@ -17,8 +17,8 @@ SHRUNK = {
     "dlma": ("main", {"n_prompts": 60, "n_eval": 30, "steps": 4, "cd_steps": 4}),
     "almost": ("main", {"n_prompts": 40, "n_eval": 30, "rm_steps": 4, "rmsp_queries": 16, "rmsp_n": 2, "bon_ns": "[1, 2]", "sft_steps": 4,
                         "ppo_iterations": 1, "ppo_rollout_prompts": 8, "n_hhh": 20, "n_mc": 20}),
-    "self_contrast": ("main", {"n_prompts": 32, "n_eval": 30, "steps": 4, "filters": '["all", "lastdedup-75"]'}),
-    "salmon": ("main", {"n_prompts": 60, "pmp_prompts": 60, "n_rm_eval": 30, "rm_steps": 4, "ppo_iterations": 1, "ppo_rollout_prompts": 8,
+    "self_contrast": ("main", {"n_prompts": 32, "n_eval": 30, "steps": 4, "ks": "[1, 4]", "filters": '["lastdedup-75"]'}),
+    "salmon": ("main", {"n_prompts": 40, "pmp_prompts": 40, "n_rm_eval": 20, "rm_steps": 4, "ppo_iterations": 1, "ppo_rollout_prompts": 8,
                         "n_eval": 30}),
 }
 

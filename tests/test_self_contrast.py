@@ -134,7 +134,7 @@ def test_reproduce_self_contrast_tiny(tiny_run):
     run = tiny_run("self_contrast") / "self_contrast" / "main"
     m = validate_metrics(json.loads((run / "metrics.json").read_text()))
     assert [c["id"] for c in m["claims"]] == CLAIMS and all(c["value"] is not None for c in m["claims"])
-    assert [x["method"] for x in m["tables"]["figure"]] == ["SFT", "DPO_std", "SPIN", "SC k=1", "SC k=2", "SC k=4", "SC k=8", "SC k=16"]
+    assert [x["method"] for x in m["tables"]["figure"]] == ["SFT", "DPO_std", "SPIN", "SC k=1", "SC k=4", "SC k=16"]  # the tests' cut of ks
     assert [x["filter"] for x in m["tables"]["filters"]] == ["all", "lastdedup-75"]  # the ablation's ends (the tests' cut)
     assert all(0 <= x["win_vs_target"] <= 1 for x in m["tables"]["figure"])
     assert {"self_contrast.png", "samples.jsonl", "results.json", "reproduce.ipynb"} <= {p.name for p in run.iterdir()}
@@ -142,10 +142,11 @@ def test_reproduce_self_contrast_tiny(tiny_run):
 
 def test_reproduce_self_contrast_small_smoke(tmp_path):
     "SmolLM2-135M + LoRA on the world's requests, MiniLM negatives, judged by the named proxy: runs end to end on a CPU."
-    r = subprocess.run([str(BIN / "selfalign"), "reproduce", "self_contrast", "--scale", "small", "--out", str(tmp_path)],
+    cut = ["-p", "ks", "[2]", "-p", "filters", "[]", "-p", "baselines", "[SFT, DPO_std]", "-p", "batch_size", "2", "-p", "n_eval", "4"]  # two trained rows, half the batch: the config as it is costs ~6 min of CI
+    r = subprocess.run([str(BIN / "selfalign"), "reproduce", "self_contrast", "--scale", "small", "--out", str(tmp_path), *cut],
                        capture_output=True, text=True)
     assert r.returncode == 0, r.stderr[-3000:]
     m = validate_metrics(json.loads((tmp_path / "self_contrast" / "main" / "metrics.json").read_text()))
-    assert [x["method"] for x in m["tables"]["figure"]] == ["SFT", "DPO_std", "SPIN", "SC k=1", "SC k=2"]
+    assert [x["method"] for x in m["tables"]["figure"]] == ["SFT", "DPO_std", "SC k=2"]
     assert all(x["kl"] != 0 for x in m["tables"]["figure"][1:])  # every trained row moved off the SFT model
     assert m["claims"] and all("by the refusal-and-topicality proxy" in c["statement"] for c in m["claims"])
