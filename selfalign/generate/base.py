@@ -6,7 +6,7 @@ Docs: https://selfalign.github.io/selfalign/generate/base.html.md"""
 
 # %% ../../nbs/generate/05_base.ipynb #866c8c9d
 from __future__ import annotations
-import copy, dataclasses, hashlib, importlib, json, math, sqlite3, sys, time
+import copy, dataclasses, hashlib, importlib, inspect, json, math, sqlite3, sys, time
 from collections import Counter
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -25,7 +25,7 @@ __all__ = ['SMALL_COPY_PARAMS', 'BACKENDS', 'SamplingParams', 'Generation', 'Gen
 import numpy as np
 import torch
 from tqdm import tqdm
-from transformers import (GenerationConfig, LogitsProcessor, LogitsProcessorList, StoppingCriteria, StoppingCriteriaList,
+from transformers import (DynamicCache, GenerationConfig, LogitsProcessor, LogitsProcessorList, StoppingCriteria,
                           StopStringCriteria, TemperatureLogitsWarper, TopKLogitsWarper, TopPLogitsWarper)
 from ..core.base import ConfigError, RunDir, StageConfig, atomic_write_json, atomic_write_text, stage_main
 from ..models.loader import ModelFilesError, cache_root, load_model, model_fingerprint, resolve_dtype
@@ -121,9 +121,11 @@ class _RecordingStop(StoppingCriteria):
     "`StopStringCriteria` that remembers how many tokens each row had generated when it first matched."
     def __init__(self, tokenizer, stop: Sequence[str], prompt_len: int, rows: int):
         self.inner, self.start, self.at = StopStringCriteria(tokenizer, list(stop)), prompt_len, [None] * rows
-    def __call__(self, input_ids: torch.LongTensor, scores, **kwargs) -> torch.BoolTensor:
+    def __call__(self, input_ids: torch.LongTensor, scores, rows: Sequence[int] | None = None, **kwargs) -> torch.BoolTensor:
+        "Which rows a stop string just ended; `rows`: the batch's row of each (when rows have left the batch)."
         done = self.inner(input_ids, scores, **kwargs)
         for r in done.nonzero()[:, 0].tolist():
+            r = r if rows is None else rows[r]
             if self.at[r] is None: self.at[r] = input_ids.shape[1] - self.start
         return done
 
@@ -206,11 +208,11 @@ def _generation_setup(model, config: GenerationConfig):
 
 # %% ../../nbs/generate/05_base.ipynb #497dec6a
 class HFGenerator:
-    "Batched, seeded sampling with `transformers`' `generate`: left padding, n samples per prompt, stop strings, log-probs."
+    "Batched, seeded sampling from a `transformers` model: left padding, n samples per prompt, stop strings, log-probs."
     name = "hf"
     def __init__(self, model,  # a causal LM, sampled where it is and in its own dtype (see `sampling_dtype`)
                  tokenizer,  # its tokenizer (a missing pad token is replaced by eos)
-                 batch_size: int = 16,  # sequences (prompt × sample rows) per `generate` call
+                 batch_size: int = 16,  # sequences (prompt × sample rows) decoded together
                  dtype: str | torch.dtype = "auto",  # see `sampling_dtype`
                 ):
         self.dtype = sampling_dtype(model, dtype)
@@ -259,24 +261,47 @@ def _hf_generate(g: HFGenerator, prompts: list[str], params: SamplingParams) -> 
     return out
 
 # %% ../../nbs/generate/05_base.ipynb #df1f9bea
+def _logits_to_keep(model) -> dict:
+    "`logits_to_keep=1` where the model's forward takes it (the prompt's other positions need no vocabulary projection)."
+    inner = model.get_base_model() if hasattr(model, "get_base_model") else model  # (a PEFT model's forward takes **kwargs)
+    return {"logits_to_keep": 1} if "logits_to_keep" in inspect.signature(inner.forward).parameters else {}
+
 def _hf_rows(g: HFGenerator, prompts: list[str], enc: list[list[int]], samples: list[int], params: SamplingParams):
-    "Generate one left-padded batch of rows (a sample of a prompt each); one `finish_sample` tuple per row."
-    P, dev = max(map(len, enc)), g.model.device
-    input_ids = torch.tensor([[g.pad] * (P - len(x)) + x for x in enc], device=dev)
+    """Generate one left-padded batch of rows (a sample of a prompt each); one `finish_sample` tuple per row. Our own
+    decoding loop over the model's KV cache: a row that ends (eos or a stop string) leaves the batch and the cache, so a
+    step costs what the unfinished rows cost (`generate` decodes every row until the last one ends). Each row's tokens
+    come from its own uniforms, so who else is in the batch changes nothing."""
+    B, P, T, dev = len(enc), max(map(len, enc)), params.max_new_tokens, g.model.device
+    full = torch.tensor([[g.pad] * (P - len(x)) + x for x in enc], device=dev)  # prompts, then each step's tokens
     mask = torch.tensor([[0] * (P - len(x)) + [1] * len(x) for x in enc], device=dev)
-    u = torch.from_numpy(np.stack([_uniforms(params.seed, p, j, params.max_new_tokens) for p, j in zip(prompts, samples)]))
-    sampler = _RowSampler(u.to(dev), params, P)
-    stops = _RecordingStop(g.tokenizer, params.stop, P, len(enc)) if params.stop else None
-    cfg = GenerationConfig(do_sample=False, max_new_tokens=params.max_new_tokens, eos_token_id=g.eos or None,
-                           pad_token_id=g.pad, bos_token_id=g.bos)
-    with _generation_setup(g.model, cfg), torch.inference_mode():
-        seq = g.model.generate(input_ids=input_ids, attention_mask=mask, generation_config=cfg,
-                               logits_processor=LogitsProcessorList([sampler]),
-                               stopping_criteria=StoppingCriteriaList([stops] if stops else []))
-    new = seq[:, P:].tolist()
-    lps = torch.stack(sampler.logprobs, 1).tolist() if params.logprobs else [None] * len(enc)
-    eos = set(g.eos)
-    return [finish_sample(new[r], lps[r], g.tokenizer, eos, params.stop, stops.at[r] if stops else None) for r in range(len(enc))]
+    u = torch.from_numpy(np.stack([_uniforms(params.seed, p, j, T) for p, j in zip(prompts, samples)])).to(dev)
+    sampler, stops = _RowSampler(u, params, P), _RecordingStop(g.tokenizer, params.stop, P, B) if params.stop else None
+    new = torch.full((B, T), g.pad, dtype=torch.long, device=dev)
+    lps = torch.zeros((B, T), device=dev) if params.logprobs else None
+    eos = torch.tensor(g.eos or [-1], device=dev)
+    rows = torch.arange(B, device=dev)  # the batch's row of each unfinished row
+    pos = (mask.cumsum(-1) - 1).clamp(min=0)
+    kw = dict(past_key_values=DynamicCache(config=g.model.config), use_cache=True, **_logits_to_keep(g.model))
+    with _generation_setup(g.model, g.model.generation_config), torch.inference_mode():
+        logits = g.model(input_ids=full, attention_mask=mask, position_ids=pos, **kw).logits[:, -1].float()
+        pos = pos[:, -1:]
+        for t in range(T):
+            sampler.u, sampler.logprobs = u[rows], []
+            nxt = sampler(full, logits).argmax(-1)  # (the sampler reads the step from `full`'s length)
+            new[rows, t] = nxt
+            if lps is not None: lps[rows, t] = sampler.logprobs[0]
+            full = torch.cat([full, nxt[:, None]], 1)
+            done = torch.isin(nxt, eos)
+            if stops: done |= stops(full, None, rows=rows.tolist())
+            if t == T - 1 or bool(done.all()): break
+            if bool(done.any()):  # the finished rows leave the batch and the cache
+                keep = (~done).nonzero()[:, 0]
+                kw["past_key_values"].batch_select_indices(keep)
+                rows, nxt, full, mask, pos = rows[keep], nxt[keep], full[keep], mask[keep], pos[keep]
+            mask, pos = torch.cat([mask, mask.new_ones((len(rows), 1))], 1), pos + 1
+            logits = g.model(input_ids=nxt[:, None], attention_mask=mask, position_ids=pos, **kw).logits[:, -1].float()
+    new, lps, eos = new.tolist(), lps.tolist() if lps is not None else [None] * B, set(g.eos)
+    return [finish_sample(new[r], lps[r], g.tokenizer, eos, params.stop, stops.at[r] if stops else None) for r in range(B)]
 
 # %% ../../nbs/generate/05_base.ipynb #e8780ece
 from ..data.records import CHAT_TEMPLATES, DataError, render_prompt
