@@ -16,10 +16,10 @@ from typing import Callable, Literal, Protocol, Sequence, runtime_checkable
 # %% auto #0
 __all__ = ['SMALL_COPY_PARAMS', 'BACKENDS', 'SamplingParams', 'Generation', 'Generator', 'prompt_seed', 'finish_sample',
            'cpu_has_native_bf16', 'sampling_dtype', 'generation_dtype', 'tokenizer_fingerprint', 'HFGenerator',
-           'encode_prompts', 'render_prompts', 'template_params', 'ShardMismatchError', 'ShardError', 'shard_manifest',
-           'read_manifest', 'read_shard', 'generate_to_shards', 'read_shards', 'default_cache_dir', 'cache_key',
-           'CachedGenerator', 'GenerateConfig', 'load_prompts', 'hf_backend', 'backend_factory', 'make_generator',
-           'run_generate', 'generate_main']
+           'encode_prompts', 'transformers_generate', 'render_prompts', 'template_params', 'ShardMismatchError',
+           'ShardError', 'shard_manifest', 'read_manifest', 'read_shard', 'generate_to_shards', 'read_shards',
+           'default_cache_dir', 'cache_key', 'CachedGenerator', 'GenerateConfig', 'load_prompts', 'hf_backend',
+           'backend_factory', 'make_generator', 'run_generate', 'generate_main']
 
 # %% ../../nbs/generate/05_base.ipynb #e2d56482
 import numpy as np
@@ -302,6 +302,33 @@ def _hf_rows(g: HFGenerator, prompts: list[str], enc: list[list[int]], samples: 
             logits = g.model(input_ids=nxt[:, None], attention_mask=mask, position_ids=pos, **kw).logits[:, -1].float()
     new, lps, eos = new.tolist(), lps.tolist() if lps is not None else [None] * B, set(g.eos)
     return [finish_sample(new[r], lps[r], g.tokenizer, eos, params.stop, stops.at[r] if stops else None) for r in range(B)]
+
+# %% ../../nbs/generate/05_base.ipynb #16a08d41
+def transformers_generate(g: HFGenerator,  # the generator whose model, tokenizer and sampler are used
+                          prompts: list[str],  # rendered prompts
+                          params: SamplingParams,  # as for `g.generate`
+                         ) -> list[Generation]:
+    """The same samples through `transformers`' own `generate` (every row decoded until the last one ends), all rows in
+    one batch: the reference that `HFGenerator`'s loop is checked against (token for token) and benchmarked against."""
+    enc = encode_prompts(g.tokenizer, prompts, g.bos)
+    rows = [(i, j) for i in range(len(prompts)) for j in range(params.n)]
+    P, dev = max(len(enc[i]) for i, _ in rows), g.model.device
+    ids = torch.tensor([[g.pad] * (P - len(enc[i])) + enc[i] for i, _ in rows], device=dev)
+    mask = torch.tensor([[0] * (P - len(enc[i])) + [1] * len(enc[i]) for i, _ in rows], device=dev)
+    u = torch.from_numpy(np.stack([_uniforms(params.seed, prompts[i], j, params.max_new_tokens) for i, j in rows])).to(dev)
+    sampler, stops = _RowSampler(u, params, P), _RecordingStop(g.tokenizer, params.stop, P, len(rows)) if params.stop else None
+    cfg = GenerationConfig(do_sample=False, max_new_tokens=params.max_new_tokens, eos_token_id=g.eos or None, pad_token_id=g.pad, bos_token_id=g.bos)
+    with _generation_setup(g.model, cfg), torch.inference_mode():
+        seq = g.model.generate(input_ids=ids, attention_mask=mask, generation_config=cfg, logits_processor=LogitsProcessorList([sampler]),
+                               stopping_criteria=[stops] if stops else None)
+    new = seq[:, P:].tolist()
+    lps = torch.stack(sampler.logprobs, 1).tolist() if params.logprobs else [None] * len(rows)
+    done = {r: finish_sample(new[k], lps[k], g.tokenizer, set(g.eos), params.stop, stops.at[k] if stops else None) for k, r in enumerate(rows)}
+    out = []
+    for i, p in enumerate(prompts):
+        texts, tids, lp, why = zip(*(done[i, j] for j in range(params.n)))
+        out.append(Generation(p, list(texts), list(tids), list(lp) if params.logprobs else None, list(why)))
+    return out
 
 # %% ../../nbs/generate/05_base.ipynb #e8780ece
 from ..data.records import CHAT_TEMPLATES, DataError, render_prompt
