@@ -245,15 +245,16 @@ def encode_prompts(tokenizer,  # the model's tokenizer
         enc[i] = [bos]
     return enc
 
-def _hf_generate(g: HFGenerator, prompts: list[str], params: SamplingParams) -> list[Generation]:
-    "Sample `params.n` completions for every prompt with `g`'s model, `g.batch_size` rows per call."
-    enc = encode_prompts(g.tokenizer, prompts, g.bos)
+def _hf_generate(g: HFGenerator, prompts: list[str], params: SamplingParams, batch_rows: Callable | None = None,
+                 batch_size: int | None = None) -> list[Generation]:
+    "Sample `params.n` completions for every prompt with `g`'s model, `batch_size` (default `g.batch_size`) rows per `batch_rows` call."
+    enc, batch_rows, batch_size = encode_prompts(g.tokenizer, prompts, g.bos), batch_rows or _hf_rows, batch_size or g.batch_size
     rows = sorted(((i, j) for i in range(len(prompts)) for j in range(params.n)), key=lambda r: -len(enc[r[0]]))
     done = {}
-    for b in range(0, len(rows), g.batch_size):
-        chunk = rows[b:b + g.batch_size]
-        done.update(zip(chunk, _hf_rows(g, [prompts[i] for i, _ in chunk], [enc[i] for i, _ in chunk],
-                                        [j for _, j in chunk], params)))
+    for b in range(0, len(rows), batch_size):
+        chunk = rows[b:b + batch_size]
+        done.update(zip(chunk, batch_rows(g, [prompts[i] for i, _ in chunk], [enc[i] for i, _ in chunk],
+                                          [j for _, j in chunk], params)))
     out = []
     for i, p in enumerate(prompts):
         texts, ids, lps, why = zip(*(done[i, j] for j in range(params.n)))
@@ -261,6 +262,14 @@ def _hf_generate(g: HFGenerator, prompts: list[str], params: SamplingParams) -> 
     return out
 
 # %% ../../nbs/generate/05_base.ipynb #df1f9bea
+def _batch_inputs(g: HFGenerator, prompts: list[str], enc: list[list[int]], samples: list[int], params: SamplingParams):
+    "One batch's left-padded ids and attention mask, its rows' sampler and stop-string recorder."
+    P, dev = max(map(len, enc)), g.model.device
+    ids = torch.tensor([[g.pad] * (P - len(x)) + x for x in enc], device=dev)
+    mask = torch.tensor([[0] * (P - len(x)) + [1] * len(x) for x in enc], device=dev)
+    u = torch.from_numpy(np.stack([_uniforms(params.seed, p, j, params.max_new_tokens) for p, j in zip(prompts, samples)])).to(dev)
+    return ids, mask, _RowSampler(u, params, P), _RecordingStop(g.tokenizer, params.stop, P, len(enc)) if params.stop else None
+
 def _logits_to_keep(model) -> dict:
     "`logits_to_keep=1` where the model's forward takes it (the prompt's other positions need no vocabulary projection)."
     inner = model.get_base_model() if hasattr(model, "get_base_model") else model  # (a PEFT model's forward takes **kwargs)
@@ -271,11 +280,9 @@ def _hf_rows(g: HFGenerator, prompts: list[str], enc: list[list[int]], samples: 
     decoding loop over the model's KV cache: a row that ends (eos or a stop string) leaves the batch and the cache, so a
     step costs what the unfinished rows cost (`generate` decodes every row until the last one ends). Each row's tokens
     come from its own uniforms, so who else is in the batch changes nothing."""
-    B, P, T, dev = len(enc), max(map(len, enc)), params.max_new_tokens, g.model.device
-    full = torch.tensor([[g.pad] * (P - len(x)) + x for x in enc], device=dev)  # prompts, then each step's tokens
-    mask = torch.tensor([[0] * (P - len(x)) + [1] * len(x) for x in enc], device=dev)
-    u = torch.from_numpy(np.stack([_uniforms(params.seed, p, j, T) for p, j in zip(prompts, samples)])).to(dev)
-    sampler, stops = _RowSampler(u, params, P), _RecordingStop(g.tokenizer, params.stop, P, B) if params.stop else None
+    B, T, dev = len(enc), params.max_new_tokens, g.model.device
+    full, mask, sampler, stops = _batch_inputs(g, prompts, enc, samples, params)  # full: prompts, then each step's tokens
+    u, P = sampler.u, full.shape[1]
     new = torch.full((B, T), g.pad, dtype=torch.long, device=dev)
     lps = torch.zeros((B, T), device=dev) if params.logprobs else None
     eos = torch.tensor(g.eos or [-1], device=dev)
@@ -310,25 +317,19 @@ def transformers_generate(g: HFGenerator,  # the generator whose model, tokenize
                          ) -> list[Generation]:
     """The same samples through `transformers`' own `generate` (every row decoded until the last one ends), all rows in
     one batch: the reference that `HFGenerator`'s loop is checked against (token for token) and benchmarked against."""
-    enc = encode_prompts(g.tokenizer, prompts, g.bos)
-    rows = [(i, j) for i in range(len(prompts)) for j in range(params.n)]
-    P, dev = max(len(enc[i]) for i, _ in rows), g.model.device
-    ids = torch.tensor([[g.pad] * (P - len(enc[i])) + enc[i] for i, _ in rows], device=dev)
-    mask = torch.tensor([[0] * (P - len(enc[i])) + [1] * len(enc[i]) for i, _ in rows], device=dev)
-    u = torch.from_numpy(np.stack([_uniforms(params.seed, prompts[i], j, params.max_new_tokens) for i, j in rows])).to(dev)
-    sampler, stops = _RowSampler(u, params, P), _RecordingStop(g.tokenizer, params.stop, P, len(rows)) if params.stop else None
+    return _hf_generate(g, prompts, params, batch_rows=_generate_rows, batch_size=len(prompts) * params.n or 1)
+
+def _generate_rows(g: HFGenerator, prompts: list[str], enc: list[list[int]], samples: list[int], params: SamplingParams):
+    "`_hf_rows` through `transformers`' `generate`, with the same sampler."
+    ids, mask, sampler, stops = _batch_inputs(g, prompts, enc, samples, params)
+    P = ids.shape[1]
     cfg = GenerationConfig(do_sample=False, max_new_tokens=params.max_new_tokens, eos_token_id=g.eos or None, pad_token_id=g.pad, bos_token_id=g.bos)
     with _generation_setup(g.model, cfg), torch.inference_mode():
         seq = g.model.generate(input_ids=ids, attention_mask=mask, generation_config=cfg, logits_processor=LogitsProcessorList([sampler]),
                                stopping_criteria=[stops] if stops else None)
     new = seq[:, P:].tolist()
-    lps = torch.stack(sampler.logprobs, 1).tolist() if params.logprobs else [None] * len(rows)
-    done = {r: finish_sample(new[k], lps[k], g.tokenizer, set(g.eos), params.stop, stops.at[k] if stops else None) for k, r in enumerate(rows)}
-    out = []
-    for i, p in enumerate(prompts):
-        texts, tids, lp, why = zip(*(done[i, j] for j in range(params.n)))
-        out.append(Generation(p, list(texts), list(tids), list(lp) if params.logprobs else None, list(why)))
-    return out
+    lps = torch.stack(sampler.logprobs, 1).tolist() if params.logprobs else [None] * len(enc)
+    return [finish_sample(new[k], lps[k], g.tokenizer, set(g.eos), params.stop, stops.at[k] if stops else None) for k in range(len(enc))]
 
 # %% ../../nbs/generate/05_base.ipynb #e8780ece
 from ..data.records import CHAT_TEMPLATES, DataError, render_prompt
