@@ -33,10 +33,12 @@ def sample_policy(model,  # a causal LM
                   top_p: float = 1.0,  # nucleus sampling (1: off)
                   batch_size: int = 96,  # rows per generation call
                   generator=None,  # any `Generator`; default: `HFGenerator` in fp32
+                  logprobs: bool = False,  # also record each sampled token's log-prob under the model
                  ) -> list[Generation]:
     "`n` samples per context, in context order."
     gen = generator or HFGenerator(model, tokenizer, batch_size=batch_size, dtype="fp32")
-    return gen.generate(list(contexts), SamplingParams(n=n, temperature=temperature, max_new_tokens=max_new_tokens, seed=seed, top_p=top_p))
+    return gen.generate(list(contexts), SamplingParams(n=n, temperature=temperature, max_new_tokens=max_new_tokens, seed=seed,
+                                                       top_p=top_p, logprobs=logprobs))
 
 # %% ../../nbs/eval/11_policy.ipynb #6341ce4a
 @torch.no_grad()
@@ -50,14 +52,15 @@ def sample_logps(model,  # a causal LM
     for g in generations:
         p = tokenizer(g.prompt, add_special_tokens=True)["input_ids"] or [tokenizer.bos_token_id]
         rows += [(torch.tensor(p + list(ids)), torch.tensor([0] * len(p) + [1] * len(ids))) for ids in g.token_ids]
-    dev, model_out = next(model.parameters()).device, []
+    dev, model_out = next(model.parameters()).device, [0.0] * len(rows)
     model.eval()
+    order = sorted(range(len(rows)), key=lambda j: -len(rows[j][0]))  # batches of like lengths: little padding
     for i in range(0, len(rows), batch_size):
-        chunk = rows[i:i + batch_size]
+        js = order[i:i + batch_size]; chunk = [rows[j] for j in js]
         ids = pad_stack([r[0] for r in chunk], value=tokenizer.pad_token_id or 0).to(dev)
         att = pad_stack([torch.ones_like(r[0]) for r in chunk]).to(dev)
         resp = pad_stack([r[1] for r in chunk]).to(dev)
-        model_out += sequence_logps(model(input_ids=ids, attention_mask=att, use_cache=False).logits, ids, resp).tolist()
+        for j, v in zip(js, sequence_logps(model(input_ids=ids, attention_mask=att, use_cache=False).logits, ids, resp).tolist()): model_out[j] = v
     out, k = [], 0
     for g in generations: out.append(model_out[k:k + len(g.token_ids)]); k += len(g.token_ids)
     return out
@@ -76,8 +79,12 @@ def estimate(values, seed: int = 0) -> Estimate:
     return Estimate(float(np.mean(v)) if v else float("nan"), bootstrap_ci(v, seed=seed), len(v))
 
 def kl_per_prompt(policy, ref, tokenizer, generations: Sequence[Generation], batch_size: int = 64) -> list[float]:
-    "Per prompt, the mean over its samples (drawn from `policy`) of log π − log π_ref: each prompt's share of KL(π‖π_ref)."
-    lp, lr = sample_logps(policy, tokenizer, generations, batch_size), sample_logps(ref, tokenizer, generations, batch_size)
+    """Per prompt, the mean over its samples (drawn from `policy`) of log π − log π_ref: each prompt's share of KL(π‖π_ref).
+    log π comes from the samples themselves when they carry their log-probs (the sampler records each token's log-prob
+    under the model, before temperature or truncation): then only the reference runs a forward pass."""
+    own = all(g.logprobs is not None for g in generations)
+    lp = [[float(sum(x)) for x in g.logprobs] for g in generations] if own else sample_logps(policy, tokenizer, generations, batch_size)
+    lr = sample_logps(ref, tokenizer, generations, batch_size)
     return [float(np.mean([a - b for a, b in zip(xs, ys)])) for xs, ys in zip(lp, lr)]
 
 def kl_on_samples(policy, ref, tokenizer, generations: Sequence[Generation], batch_size: int = 64) -> Estimate:
@@ -130,8 +137,8 @@ def evaluate_policies(policies: dict,  # row name → a function that loads that
     for name in order:
         progress(f"evaluating {name}")
         model = ref_model if name == reference else policies[name]()
-        gens = sample_policy(model.eval(), tokenizer, ctx, n=n.get(name, 1), temperature=temperature,
-                             max_new_tokens=max_new_tokens, seed=seed, batch_size=batch_size)
+        gens = sample_policy(model.eval(), tokenizer, ctx, n=n.get(name, 1), temperature=temperature, max_new_tokens=max_new_tokens,
+                             seed=seed, batch_size=batch_size, logprobs=reference is not None and name != reference)
         texts = [g.texts[0].strip() for g in gens]
         scores = judge.score(prompts, texts)
         if name == baseline: base_scores = scores

@@ -442,12 +442,15 @@ def reward_scores(rm,  # a trained reward model
                  ) -> torch.Tensor:  # (N,) fp32
     "The reward of each (prompt, response), read at the EOS as in training."
     assert len(prompts) == len(responses), f"{len(prompts)} prompts, {len(responses)} responses"
-    rm.eval(); out, dev = [], next(rm.parameters()).device
-    for i in range(0, len(prompts), batch_size):
-        texts = [p + r + tokenizer.eos_token for p, r in zip(prompts[i:i + batch_size], responses[i:i + batch_size])]
-        enc = tokenizer(texts, add_special_tokens=False, padding=True, padding_side="right", return_tensors="pt").to(dev)
-        out.append(rm(**enc).logits[:, 0].float().cpu())
-    return torch.cat(out) if out else torch.zeros(0)
+    rm.eval(); dev = next(rm.parameters()).device
+    texts = [p + r + tokenizer.eos_token for p, r in zip(prompts, responses)]
+    order = sorted(range(len(texts)), key=lambda j: -len(texts[j]))  # batches of like lengths: little padding
+    out = torch.zeros(len(texts))
+    for i in range(0, len(texts), batch_size):
+        js = order[i:i + batch_size]
+        enc = tokenizer([texts[j] for j in js], add_special_tokens=False, padding=True, padding_side="right", return_tensors="pt").to(dev)
+        out[js] = rm(**enc).logits[:, 0].float().cpu()
+    return out
 
 def load_reward_model(folder: str | Path,  # a reward stage's `final/`
                       dtype: str | torch.dtype = "fp32",  # dtype to load in
