@@ -132,9 +132,11 @@ def test_reproduce_dpo_tiny_writes_the_run_folder(tiny_run):
 
 def test_reproduce_dpo_small_smoke(tmp_path):
     "The small scale end to end (SmolLM2 + LoRA, vendored prompts, the proxy judge), cut to a minimal size."
-    over = {"n_prompts": "12", "n_eval": "4", "sft_steps": "1", "rm_steps": "2", "steps": "2", "max_new_tokens": "16",
-            "betas": "[0.3]", "bon_ns": "[1, 2]", "samples_per_prompt": "3",
-            "ppo_kl_coefs": "[]", "ppo_gold_kl": ""}  # no PPO rows: ~60 s of CI (PPO on LoRA is tested in test_ppo, the rows at tiny)
+    # SmolLM2 at one thread costs ~10 s per forward-backward of 8 sequences and ~2 s per prompt prefilled: every phase
+    # runs once on pairs of two (400 s of CI at 12 prompts, batch 4, 2 steps); no PPO rows (PPO on LoRA is tested in
+    # test_ppo, the rows at tiny)
+    over = {"n_prompts": "8", "n_eval": "4", "sft_steps": "1", "rm_steps": "1", "steps": "1", "batch_size": "2", "max_new_tokens": "12",
+            "betas": "[0.3]", "bon_ns": "[1, 2]", "samples_per_prompt": "2", "ppo_kl_coefs": "[]", "ppo_gold_kl": ""}
     args = [str(BIN / "selfalign"), "reproduce", "dpo", "--scale", "small", "--out", str(tmp_path)]
     for k, v in over.items(): args += ["-p", k, v]
     r = subprocess.run(args, capture_output=True, text=True)
