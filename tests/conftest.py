@@ -44,14 +44,14 @@ SPREAD = {"test_notebooks.py", "test_seeds.py", "test_claims.py"}
 # run folder, the docs test builds the site from all of them). `make reproduce` runs every band in full; the tests
 # shrink every band so that the suite stays well inside the CI budget.
 TINY_OVERRIDES = {
-    "dpo": {"n_prompts": 400, "n_eval": 80, "steps": 16, "sft_steps": 12, "rm_steps": 24, "betas": "[0.1, 0.3, 1.0]", "bon_ns": "[1, 2, 4, 8]",
+    "dpo": {"n_prompts": 240, "n_eval": 40, "steps": 8, "sft_steps": 6, "rm_steps": 12, "betas": "[0.1, 0.3, 1.0]", "bon_ns": "[1, 2, 4, 8]",
             "ppo_kl_coefs": "[0.1]", "ppo_iterations": 2, "ppo_rollout_prompts": 8},
-    "dlma": {"n_prompts": 200, "n_eval": 60, "steps": 12, "cd_steps": 12},
-    "almost": {"n_prompts": 80, "n_eval": 60, "rm_steps": 16, "rmsp_queries": 40, "rmsp_n": 4, "bon_ns": "[1, 2, 4]", "sft_steps": 12,
-               "ppo_iterations": 2, "ppo_rollout_prompts": 16, "n_hhh": 60, "n_mc": 40},
-    "salmon": {"n_prompts": 80, "pmp_prompts": 80, "n_rm_eval": 40, "rm_steps": 8, "ppo_iterations": 2, "ppo_rollout_prompts": 8,
-               "n_eval": 40},
-    "self_contrast": {"n_prompts": 64, "n_eval": 80, "steps": 8, "ks": "[1, 4, 16]", "filters": '["all", "lastdedup-75"]'},
+    "dlma": {"n_prompts": 120, "n_eval": 40, "steps": 6, "cd_steps": 6},
+    "almost": {"n_prompts": 80, "n_eval": 40, "rm_steps": 8, "rmsp_queries": 24, "rmsp_n": 4, "bon_ns": "[1, 2, 4]", "sft_steps": 6,
+               "ppo_iterations": 2, "ppo_rollout_prompts": 16, "n_hhh": 40, "n_mc": 24},
+    "salmon": {"n_prompts": 60, "pmp_prompts": 60, "n_rm_eval": 24, "rm_steps": 4, "ppo_iterations": 2, "ppo_rollout_prompts": 8,
+               "n_eval": 30},
+    "self_contrast": {"n_prompts": 48, "n_eval": 40, "steps": 4, "ks": "[1, 4, 16]", "filters": '["all", "lastdedup-75"]'},
 }
 
 
