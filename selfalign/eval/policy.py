@@ -52,7 +52,7 @@ def sample_logps(model,  # a causal LM
     for g in generations:
         p = tokenizer(g.prompt, add_special_tokens=True)["input_ids"] or [tokenizer.bos_token_id]
         rows += [(torch.tensor(p + list(ids)), torch.tensor([0] * len(p) + [1] * len(ids))) for ids in g.token_ids]
-    dev, model_out = next(model.parameters()).device, [0.0] * len(rows)
+    dev, model_out = next(model.parameters()).device, torch.zeros(len(rows))
     model.eval()
     order = sorted(range(len(rows)), key=lambda j: -len(rows[j][0]))  # batches of like lengths: little padding
     for i in range(0, len(rows), batch_size):
@@ -60,8 +60,8 @@ def sample_logps(model,  # a causal LM
         ids = pad_stack([r[0] for r in chunk], value=tokenizer.pad_token_id or 0).to(dev)
         att = pad_stack([torch.ones_like(r[0]) for r in chunk]).to(dev)
         resp = pad_stack([r[1] for r in chunk]).to(dev)
-        for j, v in zip(js, sequence_logps(model(input_ids=ids, attention_mask=att, use_cache=False).logits, ids, resp).tolist()): model_out[j] = v
-    out, k = [], 0
+        model_out[js] = sequence_logps(model(input_ids=ids, attention_mask=att, use_cache=False).logits, ids, resp).float().cpu()
+    model_out, out, k = model_out.tolist(), [], 0
     for g in generations: out.append(model_out[k:k + len(g.token_ids)]); k += len(g.token_ids)
     return out
 
