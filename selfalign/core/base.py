@@ -150,6 +150,9 @@ def bootstrap_ci(values,  # per-example outcomes (e.g. 1 win, 0.5 tie, 0 loss)
                  seed: int = 0,  # resampling seed
                 ) -> tuple[float, float]:
     "Percentile-bootstrap confidence interval of `stat(values)`."
+    v = np.asarray(values, dtype=float)
+    if stat is np.mean and v.ndim == 1 and v.size:  # the common case in one array operation: the same resamples as the loop
+        return _quantiles(v[np.random.default_rng(seed).integers(0, v.size, size=(n_boot, v.size))].mean(1), level)
     return paired_bootstrap_ci(stat, values, n_boot=n_boot, level=level, seed=seed)
 
 def _quantiles(stats, level: float) -> tuple[float, float]:
@@ -177,8 +180,12 @@ def diff_ci(a,  # per-prompt values of the first policy
             n_boot: int = 2000, level: float = 0.95, seed: int = 0,
            ) -> tuple[float, float]:
     "95% bootstrap interval of mean(a) − mean(b)."
-    if paired: return paired_bootstrap_ci(lambda x, y: x.mean() - y.mean(), a, b, n_boot=n_boot, level=level, seed=seed)
     a, b = np.asarray(a, float), np.asarray(b, float)
+    if paired and (a.ndim != 1 or b.ndim != 1 or not a.size or a.size != b.size):
+        return paired_bootstrap_ci(lambda x, y: x.mean() - y.mean(), a, b, n_boot=n_boot, level=level, seed=seed)
+    if paired:  # both read at the same resampled prompts, in one array operation
+        idx = np.random.default_rng(seed).integers(0, a.size, size=(n_boot, a.size))
+        return _quantiles(a[idx].mean(1) - b[idx].mean(1), level)
     if not a.size or not b.size: return (float("nan"), float("nan"))
     rng = np.random.default_rng(seed)
     ma = a[rng.integers(0, a.size, size=(n_boot, a.size))].mean(1)
