@@ -112,7 +112,9 @@ def test_reproduce_almost_tiny_writes_tables_figure_and_claims(tiny_run):
     assert [r["policy"] for r in t["policies"]] == ["SFT (demonstrations)", "prompted base (base-large-good-3shot)", "ALMoST-SFT", "ALMoST-PPO"]
     assert all(0 <= r["hhh_all"] <= 1 and 0 <= r["mc1"] <= 1 for r in t["policies"])
     assert [b["n"] for b in t["best_of_n"]] == [1, 2, 4]
-    assert {"almost.png", "queries.txt", "comparisons.jsonl", "samples.jsonl", "reproduce.ipynb"} <= {p.name for p in out.iterdir()}
-    assert {p.name for p in (out / "responses").iterdir()} == {f"{c}.json" for c in A.ALMoSTBandConfig().configurations()}
-    rmsp = [json.loads(l) for l in (out / "almost-sft" / "rmsp.jsonl").read_text().splitlines()]
+    first = out / "seed-1"  # the first seed's folder (the tests run two): its data, rows and samples
+    assert {"almost.png", "reproduce.ipynb"} <= {p.name for p in out.iterdir()}
+    assert {"queries.txt", "comparisons.jsonl", "samples.jsonl"} <= {p.name for p in first.iterdir()}
+    assert {p.name for p in (first / "responses").iterdir()} == {f"{c}.json" for c in A.ALMoSTBandConfig().configurations()}
+    rmsp = [json.loads(l) for l in (first / "almost-sft" / "rmsp.jsonl").read_text().splitlines()]
     assert rmsp and all(r["response"].strip() for r in rmsp)

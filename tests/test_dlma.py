@@ -93,7 +93,8 @@ def test_reproduce_dlma_tiny_writes_both_configs(tiny_run):
     assert [c["id"] for c in main["claims"]] == CLAIMS and all(c["value"] is not None for c in main["claims"])
     assert [r["method"] for r in main["tables"]["main"]] == ["SFT", "CD", "RLCD", "RLAIF", "RLHF", "DLMA"]
     assert {r["labeller"] for r in main["tables"]["label_accuracy"]} == {"self-reward (DLMA)", "RLAIF judge", "RLCD polarity"}
-    assert {"dlma.png", "pairs.jsonl", "samples.jsonl", "reproduce.ipynb"} <= {p.name for p in (tmp_path / "dlma" / "main").iterdir()}
+    assert {"dlma.png", "reproduce.ipynb"} <= {p.name for p in (tmp_path / "dlma" / "main").iterdir()}
+    assert {"pairs.jsonl", "samples.jsonl"} <= {p.name for p in (tmp_path / "dlma" / "main" / "seed-1").iterdir()}  # the first seed's
     abl = validate_metrics(json.loads((tmp_path / "dlma" / "ablations" / "metrics.json").read_text()))
     assert [r["method"] for r in abl["tables"]["ablations"]] == ["DLMA", "DLMA w=0", "DLMA w=0.1", "DLMA w=0.4", "DLMA ±20"]
     assert [c["id"] for c in abl["claims"]] == ["dlma-selfreward-beats-rlaif", "dlma-beats-sft"]

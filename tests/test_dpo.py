@@ -122,12 +122,12 @@ def test_reproduce_dpo_tiny_writes_the_run_folder(tiny_run):
     assert m["claims"][2]["ci95"] is not None  # the win rate carries its CI
     assert {"policies", "win_rate", "best_of_n", "reward_model"} <= set(m["tables"])
     assert [r["beta"] for r in m["tables"]["win_rate"]] == [0.1, 0.3]
-    names = {p.name for p in run.iterdir()}
-    assert {"config.json", "env.json", "metrics.json", "results.json", "samples.jsonl", "frontier.png", "curves.png",
-            "reproduce.ipynb", "sft", "rm", "dpo-beta0.3", "ppo-kl0.1", "ppo-gold-kl0.05"} <= names
+    first = run / "seed-1"  # the first seed's folder (the tests run two): its rows and samples
+    assert {"config.json", "env.json", "metrics.json", "results.json", "frontier.png", "curves.png", "reproduce.ipynb"} <= {p.name for p in run.iterdir()}
+    assert {"samples.jsonl", "sft", "rm", "dpo-beta0.3", "ppo-kl0.1", "ppo-gold-kl0.05"} <= {p.name for p in first.iterdir()}
     assert [r["method"] for r in m["tables"]["policies"]][-2:] == ["PPO (RM)", "PPO (gold)"]
-    assert json.loads((run / "ppo-kl0.1" / "log_history.json").read_text())["counts"]["iterations"] == 2
-    assert (run / "dpo-beta0.3" / "final" / "model.safetensors").exists()
+    assert json.loads((first / "ppo-kl0.1" / "log_history.json").read_text())["counts"]["iterations"] == 2
+    assert (first / "dpo-beta0.3" / "final" / "model.safetensors").exists()
 
 
 def test_reproduce_dpo_small_smoke(tmp_path):

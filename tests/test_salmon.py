@@ -109,6 +109,7 @@ def test_vendored_principles_are_our_own_and_complete():
 
 def test_reproduce_salmon_tiny_writes_tables_figure_and_claims(tiny_run):
     out = tiny_run("salmon") / "salmon" / "main"  # shrunk (conftest.TINY_OVERRIDES); make reproduce runs it in full
+    first = out / "seed-1"  # the first seed's folder (the tests run two): its data, rows and samples
     m = validate_metrics(json.loads((out / "metrics.json").read_text()))
     assert [c["id"] for c in m["claims"]] == CLAIMS and all(c["value"] is not None and c["ci95"] for c in m["claims"])
     t = m["tables"]
@@ -117,7 +118,8 @@ def test_reproduce_salmon_tiny_writes_tables_figure_and_claims(tiny_run):
     assert [r["principle"] for r in t["principles"]] == [*S.SALMONBandConfig().judge_principles, "all"]
     assert {r["policy"] for r in t["ppo_curves"]} == set(S.PPO_ROWS)
     assert all(0 <= r["forbidden"] <= 1 for r in t["policies"])
-    assert {"salmon.png", "judgements.jsonl", "principle_pairs.jsonl", "samples.jsonl", "reproduce.ipynb"} <= {p.name for p in out.iterdir()}
-    rows = [json.loads(line) for line in (out / "principle_pairs.jsonl").read_text().splitlines()]
+    assert {"salmon.png", "reproduce.ipynb"} <= {p.name for p in out.iterdir()}
+    assert {"judgements.jsonl", "principle_pairs.jsonl", "samples.jsonl"} <= {p.name for p in first.iterdir()}
+    rows = [json.loads(line) for line in (first / "principle_pairs.jsonl").read_text().splitlines()]
     assert rows and all(r["prompt"].startswith("SYSTEM: ") and r["chosen"] != r["rejected"] for r in rows)
     assert m["counts"]["aggregation"]["rows"] == len(rows)

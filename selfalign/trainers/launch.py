@@ -15,7 +15,7 @@ from pathlib import Path
 # %% auto #0
 __all__ = ['STAGES', 'ENGINES', 'LAUNCHERS', 'StageJob', 'stage_function', 'job_model', 'run_job', 'shipped_config',
            'LaunchConfig', 'free_port', 'has_gpu', 'launch_command', 'StageFailed', 'failed_rank', 'launch',
-           'load_stage_result', 'rank_records', 'stage_process_main']
+           'load_stage_result', 'rank_records', 'skip_shm_allreduce_build', 'stage_process_main']
 
 # %% ../../nbs/trainers/50_launch.ipynb #7a32b0fc
 import torch
@@ -203,6 +203,13 @@ def rank_records(out: str | Path) -> list[dict]:
     return [json.loads(p.read_text()) for p in sorted(Path(out, "logs").glob("rank*.json"), key=lambda p: int(p.stem[4:]))]
 
 # %% ../../nbs/trainers/50_launch.ipynb #738d2d73
+def skip_shm_allreduce_build() -> None:
+    """On a CPU rank under DeepSpeed: skip building DeepSpeed's shared-memory all-reduce kernel. DeepSpeed compiles it
+    (C++, ~2 min of one core, once per environment) when its communication backend starts, but only its inference
+    all-reduce (tensor-parallel inference) calls it; ZeRO's training collectives go through torch.distributed (gloo on CPU)."""
+    import deepspeed.ops
+    deepspeed.ops.__compatible_ops__["deepspeed_shm_comm"] = False  # (the dict DeepSpeed probes once per process)
+
 def stage_process_main(stage: str,  # the stage this module trains
                        argv: list[str] | None = None,  # command-line arguments (default: `sys.argv[1:]`)
                       ):
@@ -219,6 +226,7 @@ def stage_process_main(stage: str,  # the stage this module trains
     (out / "logs").mkdir(parents=True, exist_ok=True)
     log = open(out / "logs" / f"rank{rank}.log", "a", buffering=1)
     os.dup2(log.fileno(), 1); os.dup2(log.fileno(), 2)
+    if os.environ.get("ACCELERATE_USE_DEEPSPEED") == "true" and not has_gpu(): skip_shm_allreduce_build()
     t0 = time.perf_counter()
     res = run_job(job, out)
     if rank == 0: atomic_write_json(out / "done.json", {"stage": stage, "seconds": round(time.perf_counter() - t0, 2), "counts": res.counts})
