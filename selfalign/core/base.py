@@ -181,10 +181,10 @@ def diff_ci(a,  # per-prompt values of the first policy
            ) -> tuple[float, float]:
     "95% bootstrap interval of mean(a) − mean(b)."
     a, b = np.asarray(a, float), np.asarray(b, float)
-    if paired and (a.ndim != 1 or b.ndim != 1 or not a.size or a.size != b.size):
-        return paired_bootstrap_ci(lambda x, y: x.mean() - y.mean(), a, b, n_boot=n_boot, level=level, seed=seed)
-    if paired:  # both read at the same resampled prompts, in one array operation
-        idx = np.random.default_rng(seed).integers(0, a.size, size=(n_boot, a.size))
+    if paired:
+        if not (a.ndim == b.ndim == 1 and a.size and a.size == b.size):  # rows of vectors, empty or unequal: the general loop
+            return paired_bootstrap_ci(lambda x, y: x.mean() - y.mean(), a, b, n_boot=n_boot, level=level, seed=seed)
+        idx = np.random.default_rng(seed).integers(0, a.size, size=(n_boot, a.size))  # both read at the same resampled prompts
         return _quantiles(a[idx].mean(1) - b[idx].mean(1), level)
     if not a.size or not b.size: return (float("nan"), float("nan"))
     rng = np.random.default_rng(seed)
