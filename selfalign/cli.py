@@ -16,8 +16,9 @@ A run folder says which run it holds. Before a notebook starts, the previous run
 (the command, the start time, then the status) is written; it is removed when the notebook succeeds and stays, saying
 `failed` or `interrupted`, when it does not. Subfolders (trained checkpoints a resumed run can use) are kept.
 
-`--jobs N` runs N notebooks at once (`auto`: one per two CPU cores at `tiny`), each kernel with its share of the cores as
-threads; the report lists the runs in plan order whatever order they finished in.
+`--jobs N` runs N papers at once (`auto`: one per CPU core at `tiny`), each kernel with its share of the cores as
+threads; a paper's configs run one after another (the later ones reuse the data and rows the first built); the report
+lists the runs in plan order whatever order they finished in.
 
 Ctrl-C stops the running notebooks at their current cells (a second Ctrl-C stops at once), skips the notebooks not yet
 started, writes the report for what ran, the interrupted notebooks marked as such, and exits with status 130.
@@ -317,12 +318,12 @@ def run_job(job: Job, kernel: str | None = None, progress: bool = False, on_cell
 
 
 def parallel_jobs(requested: str | int, scale: str, n_jobs: int) -> int:
-    """How many notebooks `--jobs` runs at once: a number, or `auto` — at `tiny`, one per two CPU cores (else one).
-    Two threads each, because a tiny band trains 2.5× slower on one thread than on two (SALMON's training: 368 s beside
-    another band against 145 s alone on 2 cores), so on 2 cores two bands at once gain nothing over one after another."""
+    """How many papers `--jobs` runs at once (`n_jobs` of them to run): a number, or `auto` — at `tiny`, one per CPU core
+    (else one). One thread each: the tiny models are too small for a second thread to pay (on 2 cores, DPO and ALMoST
+    at the tests' size took 83 s side by side on one thread each against 152 s one after the other on two threads)."""
     if str(requested) == "auto":
         cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-        return max(1, min(n_jobs, cores // 2)) if scale == "tiny" else 1
+        return max(1, min(n_jobs, cores)) if scale == "tiny" else 1
     try: n = int(requested)
     except ValueError: n = 0
     if n < 1: raise ReproduceError(f"--jobs {requested}: give a number ≥ 1 or 'auto'")
@@ -342,7 +343,9 @@ def reproduce(args) -> int:
     out = Path(args.out)
     jobs = plan(args.paper, args.scale, out, args.config, [Path(f) for f in args.file or []], overrides)
     check_out(out, jobs)
-    parallel = parallel_jobs(args.jobs, args.scale, len(jobs))
+    chains: dict[str, list[int]] = {}  # paper -> its jobs' indices: one paper's configs run in order, in one worker
+    for i, job in enumerate(jobs): chains.setdefault(job.paper, []).append(i)
+    parallel = parallel_jobs(args.jobs, args.scale, len(chains))
     _thread_env(parallel)
     from .report import RunRecord, write_report
     command = shlex.join(["selfalign", *args.argv])
@@ -384,7 +387,10 @@ def reproduce(args) -> int:
     # Worker threads run the notebooks (each in its own kernel process); the main thread only waits, so that Ctrl-C
     # reaches `stop` here whatever the workers are doing.
     pool = ThreadPoolExecutor(max_workers=parallel, thread_name_prefix="reproduce")
-    pending = {pool.submit(run_one, i, job) for i, job in enumerate(jobs)}
+    def run_chain(indices: list[int]) -> None:
+        for i in indices: run_one(i, jobs[i])
+
+    pending = {pool.submit(run_chain, c) for c in chains.values()}
     try:
         while pending:
             try:
@@ -540,8 +546,8 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("-p", "--param", nargs=2, action="append", metavar=("NAME", "VALUE"),
                    help="set one parameter (repeatable; VALUE read as YAML: 1e-4 is a number, [1, 2] a list)")
     r.add_argument("-j", "--jobs", default="1", metavar="N",
-                   help="notebooks run at once: a number, or 'auto' (at tiny, one per two CPU cores, each kernel with its "
-                        "share of the cores as threads; else 1). Default 1")
+                   help="papers run at once (a paper's configs one after another): a number, or 'auto' (at tiny, one per "
+                        "CPU core, each kernel with its share of the cores as threads; else 1). Default 1")
     r.add_argument("--kernel", default=None, help="Jupyter kernel (default: the notebook's)")
     r.set_defaults(func=reproduce)
 

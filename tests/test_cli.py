@@ -297,11 +297,24 @@ def test_jobs_run_notebooks_at_once_and_ctrl_c_stops_them_all(tmp_path):
     assert not (out / "ccc_never").exists()
 
 
+def test_a_papers_configs_run_in_order_beside_the_other_papers(tmp_path):
+    "`--jobs 2`: a paper's two configs run one after the other (the second can reuse the first's rows), beside another paper."
+    papers = _fake_papers(tmp_path / "papers", aaa={"nap": 3}, bbb={"nap": 3})
+    (papers / "aaa" / "configs" / "second.yaml").write_text(json.dumps({"nap": 3}))
+    out = tmp_path / "runs"
+    r = subprocess.run([str(BIN / "selfalign"), "reproduce", "all", "--out", str(out), "--jobs", "2"], capture_output=True,
+                       text=True, env={**os.environ, "SELFALIGN_PAPERS": str(papers)}, timeout=300)
+    assert r.returncode == 0, r.stderr
+    t = lambda paper, config, name: (out / paper / config / name).stat().st_mtime
+    assert t("aaa", "demo", "metrics.json") <= t("aaa", "second", "napping")  # one after the other
+    assert t("bbb", "demo", "napping") < t("aaa", "demo", "metrics.json")  # the other paper at the same time
+
+
 @pytest.mark.parametrize("value, scale, n, expected", [("auto", "tiny", 6, None), ("auto", "small", 6, 1), ("3", "tiny", 2, 2),
                                                        ("1", "paper", 6, 1)])
 def test_parallel_jobs(value, scale, n, expected):
     from selfalign.cli import parallel_jobs
-    assert parallel_jobs(value, scale, n) == (expected or max(1, min(n, len(os.sched_getaffinity(0)) // 2)))
+    assert parallel_jobs(value, scale, n) == (expected or max(1, min(n, len(os.sched_getaffinity(0)))))
 
 
 def test_bad_jobs_value_is_refused(tmp_path, capsys):

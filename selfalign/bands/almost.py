@@ -133,7 +133,7 @@ class ALMoSTBandConfig(BandConfig):
     "The ALMoST band: PG, RG under prompted configurations, CS by a rubric, the synthetic RM, RMSP → ALMoST-SFT, RLSF → ALMoST-PPO."
     policy: str = "world:base-large"  # the base model: it writes the queries, RMSP's demonstrations, and ALMoST-SFT starts from it
     baseline: str = "world:sft"  # SFT on (human) demonstrations: Alpaca's stand-in in the comparisons
-    n_prompts: int = 300  # queries PG writes (each answered by every configuration)
+    n_prompts: int = 200  # queries PG writes (each answered by every configuration)
     template: str = "world"  # "world" (USER:/ASSISTANT: dialogues) or "hhh" (the original's Human:/Assistant: text with ----- separators)
     models: dict = field(default_factory=lambda: {"base-large": "world:base-large", "base-small": "world:base-small"})  # model name → policy
     rubric: str = "base-large-good-3shot > base-small-good-3shot > base-small-bad-3shot"  # best first; "," ties (the README's shape: size, then quality)
@@ -153,15 +153,15 @@ class ALMoSTBandConfig(BandConfig):
     rg_top_p: float = 0.9  # RG and RMSP nucleus sampling (the original: temperature 1.0, top-p 0.9)
     length_filter: bool = True  # CS's heuristic length filter
     reward_init: str = "world:base-large"  # the synthetic RM's backbone (the original: the base LLaMA)
-    rm_steps: int = 48  # reward-model steps
+    rm_steps: int = 32  # reward-model steps
     rm_lr: float = 1e-3  # reward-model learning rate
-    rmsp_queries: int = 160  # queries RMSP samples for
+    rmsp_queries: int = 120  # queries RMSP samples for
     rmsp_n: int = 8  # samples per query from the best configuration
     bon_ns: tuple[int, ...] = (1, 2, 4, 8)  # best-of-N curve (each ≤ rmsp_n)
-    sft_steps: int = 40  # ALMoST-SFT steps
+    sft_steps: int = 30  # ALMoST-SFT steps
     sft_lr: float = 3e-4  # ALMoST-SFT learning rate
     ppo_kl_coef: float = 0.05  # ALMoST-PPO's KL coefficient
-    ppo_iterations: int = 8  # PPO iterations
+    ppo_iterations: int = 6  # PPO iterations
     ppo_rollout_prompts: int = 24  # prompts per rollout
     ppo_epochs: int = 1
     ppo_mini_batches: int = 2

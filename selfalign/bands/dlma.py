@@ -93,8 +93,10 @@ class DLMABandConfig(BandConfig):
     margin_range: float = 40.0  # R is clipped to ±range
     ablation_weights: tuple[float, ...] = ()  # extra DLMA runs at these w (range `margin_range`)
     ablation_ranges: tuple[float, ...] = ()  # extra DLMA runs at these ranges (weight `margin_weight`)
+    n_prompts: int = 600  # training requests, one contrastive pair each
+    steps: int = 20  # optimiser steps per preference row
     lr_scheduler: str = "constant_with_warmup"  # the paper's schedule for the preference rows
-    cd_steps: int = 40  # context-distillation (SFT) steps
+    cd_steps: int = 20  # context-distillation (SFT) steps
     cd_lr: float = 1e-4  # context-distillation learning rate (linear schedule)
     OPTIONAL = (*BandConfig.OPTIONAL, "contrasts_file")
 

@@ -41,12 +41,14 @@ class DPOBandConfig(BandConfig):
     disjoint: bool = True  # False: every phase sees every pair (the original scripts' leak)
     sft_steps: int = 30  # SFT phase optimiser steps (0 skips the phase)
     sft_lr: float = 3e-4  # SFT learning rate
-    rm_steps: int = 48  # reward-model steps
+    rm_steps: int = 32  # reward-model steps
     rm_lr: float = 1e-3  # reward-model learning rate
     beta: float = 0.3  # β of the original's scripts: the one the claims are about (one of `betas`)
     betas: tuple[float, ...] = (0.1, 0.3, 1.0)  # β values trained (frontier points)
+    steps: int = 24  # optimiser steps of each DPO row
+    lr: float = 1.5e-4  # the DPO rows' peak learning rate
     bon_ns: tuple[int, ...] = (1, 2, 4, 8)  # best-of-N sizes
-    ppo_kl_coefs: tuple[float, ...] = (0.02, 0.1)  # PPO rows against the trained RM, one per KL coefficient (() for none)
+    ppo_kl_coefs: tuple[float, ...] = (0.05,)  # PPO rows against the trained RM, one per KL coefficient (() for none)
     ppo_gold_kl: float | None = 0.05  # KL coefficient of a PPO row on the judge's own reward, the ceiling (None, or judge "rm": no such row)
     ppo_iterations: int = 8  # PPO iterations per row (one rollout of `ppo_rollout_prompts` prompts each)
     ppo_rollout_prompts: int = 24  # prompts per rollout (one sample each; 16 made the tiny PPO rows unstable)

@@ -207,7 +207,7 @@ class SALMONBandConfig(BandConfig):
     judge_sep: str = " "  # what precedes a verdict
     judge_principles: tuple[str, ...] = ("harmless", "helpful", "concise", "specific", "on_topic", "direct", "transparent")  # the SFT model judges under these
     rule_phrases: tuple[str, ...] = ()  # the self-reference rule's phrases (empty: the world's at tiny, "As an AI language model" elsewhere)
-    n_prompts: int = 240  # training prompts, two responses each
+    n_prompts: int = 160  # training prompts, two responses each
     pref_temperature: float = 1.0  # sampling of the two responses (the original: 0.7)
     min_chars: int = 1  # shorter responses drop their pair (the original: 16)
     passes: int = 4  # aggregation passes
@@ -219,11 +219,11 @@ class SALMONBandConfig(BandConfig):
     shp_files: str | None = None  # SHP in the hub's schema for pmp "hh-rlhf+shp" (None: the hub; hh-rlhf reads `pairs_files`)
     pmp_prompts: int = 240  # PMP pairs drawn ("judge"), or read ("hh-rlhf")
     pmp_guideline: tuple[str, ...] = ("helpful", "harmless", "honest")  # the generic guideline's principles
-    rm_steps: int = 48  # steps per reward-model stage (principle fine-tuning)
+    rm_steps: int = 24  # steps per reward-model stage (principle fine-tuning)
     rm_lr: float = 1e-3
     pmp_steps: int = 0  # PMP's steps (0: rm_steps)
     pmp_lr: float = 0.0  # PMP's learning rate (0: rm_lr)
-    n_rm_eval: int = 150  # held-out prompts for the reward-model tests
+    n_rm_eval: int = 100  # held-out prompts for the reward-model tests
     interventions: tuple[str, ...] = ("direct", "specific", "concise")  # fixed at RL time (the guard)
     steer_principle: str = "harmless"  # added at RL time only, in the steering row
     rl_principles: int = 3  # sampled per prompt at RL time
@@ -231,7 +231,7 @@ class SALMONBandConfig(BandConfig):
     length_bonus: float = 5.0  # coefficient of min(tokens / L, 0.8) (the guard)
     length_bonus_tokens: int = 0  # L (0: max_new_tokens, the longest response, as the original's 1024)
     ppo_kl_coef: float = 0.05
-    ppo_iterations: int = 8
+    ppo_iterations: int = 6
     ppo_rollout_prompts: int = 24
     ppo_epochs: int = 1
     ppo_mini_batches: int = 2
