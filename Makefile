@@ -71,7 +71,9 @@ install-browser:  ## Debian's chromium (the docs site's browser test); skipped w
 reproduce: install  ## the main job: every paper at the tiny scale, into runs/
 	$(BIN)/selfalign reproduce all --scale tiny --out runs --jobs auto
 
-test: install install-small install-vllm install-docs install-browser  ## the test suite (executes every notebook)
+test:  ## the test suite (executes every notebook), after installing what it needs: the vLLM environment beside the others
+	$(MAKE) --no-print-directory install-vllm & v=$$!; \
+	$(MAKE) --no-print-directory install install-small install-docs install-browser; a=$$?; wait $$v && [ $$a = 0 ]
 	SELFALIGN_REQUIRE_VLLM=1 $(BIN)/python -m pytest -n 2 --dist loadgroup
 
 lab: install  ## JupyterLab on localhost with the `selfalign` kernel (open nbs/ or papers/)

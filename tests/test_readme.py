@@ -29,9 +29,11 @@ def test_make_reproduce_installs_then_runs_the_tiny_reproduction():
 
 
 def test_make_test_installs_then_runs_pytest():
+    "Every environment is installed first (the vLLM one beside the others, both waited for), then pytest runs."
     deps, recipe = _make_recipe("test")
-    assert "install" in deps
-    assert any("pytest" in l for l in recipe), recipe
+    installs = " ".join(deps + recipe[:-1]).split()
+    assert {"install", "install-small", "install-vllm", "install-docs", "install-browser"} <= set(installs), recipe
+    assert "wait" in " ".join(recipe[:-1]) and "pytest" in recipe[-1], recipe
 
 
 def test_ci_runs_the_readme_test_command_and_nothing_else():

@@ -8,6 +8,8 @@ Docs: https://selfalign.github.io/selfalign/judges/selfjudge.html.md"""
 from __future__ import annotations
 from typing import Sequence
 import numpy as np
+import torch
+from ..models.loader import adds_bos
 from ..objectives.logps import completion_logps
 
 # %% auto #0
@@ -20,13 +22,56 @@ def verdict_logps(model,  # a causal LM
                   seps: str | Sequence[str] = " ",  # what precedes the verdict: one for all documents, or one each
                   verdicts: tuple[str, str] = ("(a)", "(b)"),  # the two verdict strings
                   batch_size: int = 32,  # sequences per forward pass
+                  share_prefix: bool | None = None,  # one pass over each document, its KV cache then reused by both verdicts (None: for a model that caches, one with `generate`)
                  ) -> np.ndarray:  # (N, 2) float32: log p(sep + verdict | doc) per verdict
     "Log-probabilities of the two verdicts after each document."
     seps = [seps] * len(docs) if isinstance(seps, str) else list(seps)
     if len(seps) != len(docs): raise ValueError(f"{len(docs)} documents but {len(seps)} separators")
+    if share_prefix if share_prefix is not None else hasattr(model, "generate"):
+        return _shared_prefix_logps(model, tokenizer, list(docs), seps, verdicts, batch_size)
     cols = [completion_logps(model, tokenizer, list(docs), [s + v for s in seps], add_eos=False, batch_size=batch_size).numpy()
             for v in verdicts]
     return np.stack(cols, axis=1).reshape(len(docs), 2)
+
+@torch.no_grad()
+def _shared_prefix_logps(model, tokenizer, docs: list[str], seps: list[str], verdicts: Sequence[str], batch_size: int) -> np.ndarray:
+    """`verdict_logps` with each document read once: left-padded documents (positions counted from each one's first
+    token) fill the KV cache, each verdict's tokens run on it, and the cache is cut back to the documents in between."""
+    bos = [tokenizer.bos_token_id] if adds_bos(tokenizer) and tokenizer.bos_token_id is not None else []
+    rows = []  # (document ids, [verdict ids after it, per verdict])
+    for d, s in zip(docs, seps):
+        pi = tokenizer(d, add_special_tokens=False)["input_ids"]
+        conts = []
+        for v in verdicts:
+            fi = tokenizer(d + s + v, add_special_tokens=False)["input_ids"]
+            if fi[:len(pi)] != pi or len(fi) == len(pi):
+                raise ValueError(f"the prompt's tokens are not a prefix of prompt + completion: {d[-30:]!r} + {(s + v)[:30]!r}")
+            conts.append(fi[len(pi):])
+        rows.append((bos + pi, conts))
+    device, pad = next(model.parameters()).device, tokenizer.pad_token_id or 0
+    out = np.zeros((len(rows), len(verdicts)), np.float32)
+    order = sorted(range(len(rows)), key=lambda i: len(rows[i][0]))  # similar lengths together: little padding
+    for b in range(0, len(order), batch_size):
+        idx = order[b:b + batch_size]
+        L = max(len(rows[i][0]) for i in idx)
+        ids = torch.tensor([[pad] * (L - len(rows[i][0])) + rows[i][0] for i in idx], device=device)
+        att = (torch.arange(L)[None, :] >= torch.tensor([L - len(rows[i][0]) for i in idx])[:, None]).long().to(device)
+        pos = (att.cumsum(-1) - 1).clamp(min=0)
+        o = model(input_ids=ids, attention_mask=att, position_ids=pos, use_cache=True)
+        first, cache = o.logits[:, -1].float().log_softmax(-1), o.past_key_values
+        for k in range(len(verdicts)):
+            conts = [rows[i][1][k] for i in idx]
+            C = max(map(len, conts))
+            c = torch.tensor([x + [pad] * (C - len(x)) for x in conts], device=device)
+            m = torch.tensor([[1] * len(x) + [0] * (C - len(x)) for x in conts], device=device)
+            lp = first.gather(1, c[:, :1]).squeeze(1)
+            if C > 1:
+                oc = model(input_ids=c[:, :-1], attention_mask=torch.cat([att, m[:, :-1]], 1), past_key_values=cache,
+                           position_ids=pos[:, -1:] + 1 + torch.arange(C - 1, device=device)[None, :], use_cache=True)
+                cache.crop(-(C - 1))  # back to the documents alone
+                lp = lp + (oc.logits.float().log_softmax(-1).gather(2, c[:, 1:, None]).squeeze(2) * m[:, 1:]).sum(1)
+            out[idx, k] = lp.cpu().numpy()
+    return out
 
 # %% ../../nbs/judges/21_selfjudge.ipynb #ccd36f4d
 def order_scores(model,  # a causal LM
