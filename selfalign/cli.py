@@ -190,6 +190,8 @@ def plan(paper: str, scale: str, out: Path, configs: list[str] | None = None, fi
             _layer(params, origin, {k: v for k, v in data.items() if k not in RESERVED}, str(path))
             _layer(params, origin, by_scale.get(scale) or {}, f"{path} (by_scale: {scale})")
             params.update(extra); origin.update(extra_origin)
+            if "seed" in extra and "seeds" not in extra and params.get("seeds"):  # a seed given alone runs alone
+                params["seeds"], origin["seeds"] = [], f"{extra_origin['seed']} (that seed alone, not the config's seeds)"
             run_dir = out / name / c
             params.update(scale=scale, config=c, out_dir=str(run_dir.resolve()))
             origin.update(dict.fromkeys(CLI_OWNED, "selfalign (a paper notebook declares scale, config and out_dir)"))

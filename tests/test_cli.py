@@ -155,6 +155,17 @@ def _fake_papers(root, **papers):
     return root
 
 
+def test_tiny_runs_two_seeds_unless_one_seed_is_asked_for(tmp_path):
+    "The tiny configs run seeds 0 and 1; `-p seed 3` runs seed 3 alone; `-p seeds` wins over both."
+    assert {j.paper: j.parameters["seeds"] for j in plan("all", "tiny", tmp_path)} == dict.fromkeys(
+        ["almost", "dlma", "dpo", "salmon", "self_contrast"], [0, 1])
+    assert plan("dpo", "small", tmp_path)[0].parameters.get("seeds", []) == []
+    (job,) = plan("dpo", "tiny", tmp_path, overrides={"seed": 3})
+    assert job.parameters["seed"] == 3 and job.parameters["seeds"] == []
+    (job,) = plan("dpo", "tiny", tmp_path, overrides={"seed": 3, "seeds": [1, 2]})
+    assert job.parameters["seeds"] == [1, 2]
+
+
 def test_p_values_in_exponent_notation_are_numbers(tmp_path):
     "YAML 1.1 reads 1e-4 as a string; -p (and config files) read it, 1E5, .5 and inf as numbers."
     assert [_parse_value(v) for v in ("1e-4", "1E5", ".5", "inf", "-inf", "2.0e-4", "3", "0.3", "[1e-3, 2]", "abc")] == \
