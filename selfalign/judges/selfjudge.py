@@ -10,7 +10,7 @@ from typing import Sequence
 import numpy as np
 import torch
 from ..models.loader import adds_bos
-from ..objectives.logps import completion_logps
+from ..objectives.logps import completion_ids, completion_logps
 
 # %% auto #0
 __all__ = ['verdict_logps', 'order_scores', 'two_order_scores', 'agreeing_labels', 'two_order_labels']
@@ -41,21 +41,18 @@ def _shared_prefix_logps(model, tokenizer, docs: list[str], seps: list[str], ver
     rows = []  # (document ids, [verdict ids after it, per verdict])
     for d, s in zip(docs, seps):
         pi = tokenizer(d, add_special_tokens=False)["input_ids"]
-        conts = []
-        for v in verdicts:
-            fi = tokenizer(d + s + v, add_special_tokens=False)["input_ids"]
-            if fi[:len(pi)] != pi or len(fi) == len(pi):
-                raise ValueError(f"the prompt's tokens are not a prefix of prompt + completion: {d[-30:]!r} + {(s + v)[:30]!r}")
-            conts.append(fi[len(pi):])
+        conts = [completion_ids(tokenizer, d, s + v, pi)[1] for v in verdicts]
+        if not all(conts): raise ValueError(f"a verdict adds no token after the document: {d[-30:]!r} + {[s + v for v in verdicts]!r}")
         rows.append((bos + pi, conts))
     device, pad = next(model.parameters()).device, tokenizer.pad_token_id or 0
     out = np.zeros((len(rows), len(verdicts)), np.float32)
     order = sorted(range(len(rows)), key=lambda i: len(rows[i][0]))  # similar lengths together: little padding
     for b in range(0, len(order), batch_size):
         idx = order[b:b + batch_size]
-        L = max(len(rows[i][0]) for i in idx)
-        ids = torch.tensor([[pad] * (L - len(rows[i][0])) + rows[i][0] for i in idx], device=device)
-        att = (torch.arange(L)[None, :] >= torch.tensor([L - len(rows[i][0]) for i in idx])[:, None]).long().to(device)
+        docs_ids = [rows[i][0] for i in idx]
+        L = max(map(len, docs_ids))
+        ids = torch.tensor([[pad] * (L - len(x)) + x for x in docs_ids], device=device)
+        att = torch.tensor([[0] * (L - len(x)) + [1] * len(x) for x in docs_ids], device=device)
         pos = (att.cumsum(-1) - 1).clamp(min=0)
         o = model(input_ids=ids, attention_mask=att, position_ids=pos, use_cache=True)
         first, cache = o.logits[:, -1].float().log_softmax(-1), o.past_key_values

@@ -12,7 +12,7 @@ import torch.nn.functional as F
 from ..models.loader import adds_bos
 
 # %% auto #0
-__all__ = ['token_logps', 'sequence_logps', 'pad_stack', 'concatenated_forward', 'completion_logps']
+__all__ = ['token_logps', 'sequence_logps', 'pad_stack', 'concatenated_forward', 'completion_ids', 'completion_logps']
 
 # %% ../../nbs/objectives/02_logps.ipynb #7f779608
 def token_logps(logits: torch.Tensor,  # (B, T, V) model outputs for `input_ids`
@@ -61,6 +61,17 @@ def concatenated_forward(model,  # a causal LM returning `.logits`
     return lps[:B], lps[B:]
 
 # %% ../../nbs/objectives/02_logps.ipynb #0dfed243
+def completion_ids(tokenizer,  # a tokenizer with the Hugging Face call convention
+                   prompt: str,  # the text the completion follows
+                   completion: str,  # the completion
+                   prompt_ids: list[int] | None = None,  # `prompt`'s ids when already known
+                  ) -> tuple[list[int], list[int]]:  # the prompt's ids, the completion's ids after them
+    "Ids of prompt + completion tokenized together, split where the prompt's own tokens end (an error if they are no prefix)."
+    pi = tokenizer(prompt, add_special_tokens=False)["input_ids"] if prompt_ids is None else prompt_ids
+    fi = tokenizer(prompt + completion, add_special_tokens=False)["input_ids"]
+    if fi[:len(pi)] != pi: raise ValueError(f"the prompt's tokens are not a prefix of prompt + completion: {prompt[-30:]!r} + {completion[:30]!r}")
+    return pi, fi[len(pi):]
+
 @torch.no_grad()
 def completion_logps(model,  # a causal LM
                      tokenizer,  # its tokenizer
@@ -80,10 +91,8 @@ def completion_logps(model,  # a causal LM
     rows = []
     for p, c, e in zip(prompts, completions, eos_flags):
         eos = [tokenizer.eos_token_id] if e else []
-        pi = tokenizer(p, add_special_tokens=False)["input_ids"]
-        fi = tokenizer(p + c, add_special_tokens=False)["input_ids"]
-        if fi[:len(pi)] != pi: raise ValueError(f"the prompt's tokens are not a prefix of prompt + completion: {p[-30:]!r} + {c[:30]!r}")
-        ids = bos + fi + eos
+        pi, ci = completion_ids(tokenizer, p, c)
+        ids = bos + pi + ci + eos
         rows.append((torch.tensor(ids), torch.tensor([0] * (len(bos) + len(pi)) + [1] * (len(ids) - len(bos) - len(pi)))))
     device = next(model.parameters()).device
     order = sorted(range(len(rows)), key=lambda i: len(rows[i][0]))  # batch similar lengths: little padding
