@@ -14,8 +14,8 @@ from selfalign.eval.benchmarks.mtbench import load_mtbench
 from selfalign.judges.llm import LLMJudge, LLMJudgeError
 from test_llm_judge import MODEL, Fake
 
-# the DPO band shrunk to the least that runs every stage (two optimiser steps a row, 20 held-out prompts, one β)
-SHRUNK = {"dpo": ("frontier", {"n_prompts": 120, "n_eval": 20, "steps": 2, "sft_steps": 2, "rm_steps": 2, "betas": "[0.3]", "beta": 0.3,
+# the DPO band shrunk to the least that runs every stage (one seed, two optimiser steps a row, 20 held-out prompts, one β)
+SHRUNK = {"dpo": ("frontier", {"seed": 0, "n_prompts": 120, "n_eval": 20, "steps": 2, "sft_steps": 2, "rm_steps": 2, "betas": "[0.3]", "beta": 0.3,
                                "table_betas": "[0.3]", "bon_ns": "[1, 2]", "ppo_kl_coefs": "[0.1]", "ppo_gold_kl": "", "ppo_iterations": 1,
                                "ppo_rollout_prompts": 8})}
 

@@ -247,10 +247,14 @@ def rank_record(trainer,
 
 class KillAt(TrainerCallback):
     """Fault injection for the resume tests: a real SIGKILL of this process when rank R begins optimiser step S, set by
-    the environment variable `SELFALIGN_KILL_AT="R:S"` (never set in normal runs)."""
+    the environment variable `SELFALIGN_KILL_AT="R:S"` (never set in normal runs). Every rank first meets at a barrier
+    there, so the checkpoint saved before step S is complete on disk when the kill comes (else rank 0 could still be
+    writing it: the launcher then stops every rank, and which checkpoint survives would depend on timing)."""
     def __init__(self, spec: str): self.rank, self.step = map(int, spec.split(":"))
     def on_step_begin(self, args, state, control, **kwargs):
-        if args.process_index == self.rank and state.global_step + 1 == self.step: os.kill(os.getpid(), signal.SIGKILL)
+        if state.global_step + 1 != self.step: return
+        if torch.distributed.is_available() and torch.distributed.is_initialized(): torch.distributed.barrier()
+        if args.process_index == self.rank: os.kill(os.getpid(), signal.SIGKILL)
 
 def quiet_when_piped():
     "No progress bars or per-step log prints when stderr is not a terminal (a piped bar can double a tiny run's time)."
