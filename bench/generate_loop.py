@@ -15,14 +15,13 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 import argparse
 import importlib.util
-import platform
-import time
 from pathlib import Path
 
 import torch
 from transformers.utils import logging as hf_logging
 
-from selfalign.core.base import atomic_write_json, env_info
+from _common import loadavg, timed, write_results
+
 from selfalign.generate.base import HFGenerator, SamplingParams, render_prompts, transformers_generate
 from selfalign.models.loader import load_smollm2
 from selfalign.world import base as W
@@ -49,13 +48,6 @@ def workloads(names, n_prompts, max_new):
                                                                          stop=("<|im_end|>",))
 
 
-def timed(fn, repeats):
-    best, out = float("inf"), None
-    for _ in range(repeats):
-        t0 = time.perf_counter(); out = fn(); best = min(best, time.perf_counter() - t0)
-    return best, out
-
-
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--prompts", type=int, default=256)
@@ -65,7 +57,7 @@ def main(argv=None):
     ap.add_argument("--out", default=str(Path(__file__).parent / "results" / "generate_loop.json"))
     a = ap.parse_args(argv)
     hf_logging.disable_progress_bar()
-    load0 = os.getloadavg()[0] if hasattr(os, "getloadavg") else None
+    load0 = loadavg()
     rows = []
     for name, model, tok, prompts, params in workloads(set(a.models.split(",")), a.prompts, a.max_new_tokens):
         g = HFGenerator(model, tok, batch_size=len(prompts), dtype="fp32")
@@ -87,12 +79,7 @@ def main(argv=None):
     print(f"|{'-' * 32}|------------:|--------------------------:|---------:|---------:|")
     for r in rows:
         print(f"| {r['workload']:30s} | {r['mean_length']:11.1f} | {r['transformers_generate_s']:25.2f} | {r['ours_s']:8.2f} | {r['speedup']:7.2f}x |")
-    load1 = os.getloadavg()[0] if hasattr(os, "getloadavg") else None
-    atomic_write_json(a.out, {"bench": "generate_loop", "max_new_tokens": a.max_new_tokens, "repeats": a.repeats,
-                              "threads": torch.get_num_threads(), "cpu": platform.processor() or platform.machine(),
-                              "loadavg_1m": {"start": load0, "end": load1}, "rows": rows,
-                              "env": {k: env_info()[k] for k in ("python", "packages", "git")}})
-    print(f"\nwrote {a.out}")
+    write_results(a.out, "generate_loop", rows, load0, max_new_tokens=a.max_new_tokens, repeats=a.repeats)
 
 
 if __name__ == "__main__":

@@ -18,17 +18,16 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 import argparse
 import importlib.util
-import platform
 import random
-import time
 from pathlib import Path
 
 import numpy as np
 import torch
 from transformers.utils import logging as hf_logging
 
+from _common import loadavg, timed, write_results
+
 from selfalign.bands.salmon import WORLD_JUDGE_TEMPLATE, fill
-from selfalign.core.base import atomic_write_json, env_info
 from selfalign.judges.selfjudge import verdict_logps
 from selfalign.models.loader import load_smollm2
 from selfalign.world import base as W
@@ -56,13 +55,6 @@ def workloads(names, n):
         yield "SmolLM2-135M", model, tok, docs, ""
 
 
-def timed(fn, repeats):
-    best, out = float("inf"), None
-    for _ in range(repeats):
-        t0 = time.perf_counter(); out = fn(); best = min(best, time.perf_counter() - t0)
-    return best, out
-
-
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--docs", type=int, default=256, help="world judging documents (SmolLM2: an eighth of them)")
@@ -72,7 +64,7 @@ def main(argv=None):
     ap.add_argument("--out", default=str(Path(__file__).parent / "results" / "selfjudge.json"))
     a = ap.parse_args(argv)
     hf_logging.disable_progress_bar()
-    load0 = os.getloadavg()[0] if hasattr(os, "getloadavg") else None
+    load0 = loadavg()
     rows = []
     for name, model, tok, docs, sep in workloads(set(a.models.split(",")), a.docs):
         model.eval()
@@ -93,12 +85,7 @@ def main(argv=None):
     for r in rows:
         print(f"| {r['workload']:20s} | {r['documents']:9d} | {r['mean_doc_tokens']:11.1f} | {r['full_pass_per_verdict_s']:25.2f} | "
               f"{r['shared_prefix_s']:17.2f} | {r['speedup']:7.2f}x | {r['max_abs_diff']:12.1e} |")
-    load1 = os.getloadavg()[0] if hasattr(os, "getloadavg") else None
-    atomic_write_json(a.out, {"bench": "selfjudge", "batch_size": a.batch_size, "repeats": a.repeats,
-                              "threads": torch.get_num_threads(), "cpu": platform.processor() or platform.machine(),
-                              "loadavg_1m": {"start": load0, "end": load1}, "rows": rows,
-                              "env": {k: env_info()[k] for k in ("python", "packages", "git")}})
-    print(f"\nwrote {a.out}")
+    write_results(a.out, "selfjudge", rows, load0, batch_size=a.batch_size, repeats=a.repeats)
 
 
 if __name__ == "__main__":
